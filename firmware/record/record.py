@@ -1,0 +1,249 @@
+"""The write record: a volatile copy in RAM, persisted through a RecordStore.
+
+Verbs, in the spirit of Linux's dm-dirty-log:
+
+- ``begin_write`` / ``end_write`` — mark the regions of a host write (on a miss,
+  add them and the predicted ones and persist that in one transaction *before*
+  returning, so the caller may then issue the media write);
+- ``mirrored_upto`` / ``mirrored_region`` — the second medium durably holds every
+  write up to a sequence number (ordered mirror), or a region as of one (copy);
+- ``is_clean`` / ``dirty_regions`` — what the mirror still has to copy;
+- ``tidy`` — evict quiet clean regions in the background;
+- ``flush`` — make sure earlier transactions are durable.
+
+A region leaves the record only when it is mirrored and no write to it is in
+flight; that and the write-ahead order keep ARCHITECTURE.md's invariant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+from firmware.record.layout import Geometry
+from firmware.record.policy import RecordPolicy, SequentialLru
+from firmware.record.store import RecordStore
+
+
+class RecordFull(Exception):
+    """No room for the write's regions until the mirror cleans some: wait and retry."""
+
+
+@dataclass
+class RecordCounters:
+    hits: int = 0
+    misses: int = 0
+    nvram_updates: int = 0
+    nvram_bytes_written: int = 0
+    evictions: int = 0
+    idle_evictions: int = 0
+    waits: int = 0
+    predicted_added: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class _Region:
+    __slots__ = ("last_seq", "inflight", "synced_seq", "touched")
+
+    def __init__(self, touched: float, last_seq: int = 0) -> None:
+        self.last_seq = last_seq  # sequence number of the last write to it (0: none)
+        self.inflight = 0  # writes begun and not ended
+        self.synced_seq = 0  # copied by region to the second medium as of this seq
+        self.touched = touched
+
+
+class Record:
+    """The predictive write record of one volume."""
+
+    def __init__(self, geometry: Geometry, store: RecordStore, *,
+                 capacity_regions: int, policy: RecordPolicy | None = None,
+                 initial_regions: Iterable[int] = (), now: float = 0.0) -> None:
+        if capacity_regions < 1:
+            raise ValueError("record capacity must be at least one region")
+        self.geometry = geometry
+        self.store = store
+        self.policy: RecordPolicy = policy or SequentialLru()
+        self.capacity = capacity_regions
+        # Relaxed while the second medium is unreachable: the bitmap covers the whole
+        # volume, and stalling hosts would not make the resync any smaller.
+        self.enforce_capacity = True
+        self.counters = RecordCounters()
+        self._shift = geometry.region_shift
+        self._members: dict[int, _Region] = {}
+        self._seq = 0
+        self._mirrored_seq = 0
+        # Sequence numbers of writes begun and not ended, oldest first.
+        self._inflight_seqs: dict[int, None] = {}
+        # Regions found at start-up need a copy: they carry a write older than any new one.
+        if initial_regions:
+            self._seq = 1
+            for region in initial_regions:
+                self._members[region] = _Region(now, last_seq=1)
+
+    # -- what policies and the status see ------------------------------------------
+
+    @property
+    def region_shift(self) -> int:
+        return self._shift
+
+    @property
+    def nregions(self) -> int:
+        return self.geometry.nregions
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the newest write begun."""
+        return self._seq
+
+    @property
+    def mirrored_seq(self) -> int:
+        return self._mirrored_seq
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def contains(self, region: int) -> bool:
+        return region in self._members
+
+    def regions(self) -> list[int]:
+        return sorted(self._members)
+
+    def lru(self) -> Iterator[tuple[int, float]]:
+        for region, state in self._members.items():
+            yield region, state.touched
+
+    def is_clean(self, region: int) -> bool:
+        """True when the second medium holds the region's latest completed write."""
+        state = self._members.get(region)
+        return state is None or self._clean(state)
+
+    def evictable(self, region: int) -> bool:
+        state = self._members.get(region)
+        return state is not None and state.inflight == 0 and self._clean(state)
+
+    def _clean(self, state: _Region) -> bool:
+        return state.last_seq <= max(self._mirrored_seq, state.synced_seq)
+
+    def dirty_regions(self) -> list[int]:
+        return sorted(r for r, s in self._members.items() if not self._clean(s))
+
+    def span(self, offset: int, length: int) -> range:
+        return range(offset >> self._shift, ((offset + max(length, 1) - 1) >> self._shift) + 1)
+
+    # -- the write path ------------------------------------------------------------
+
+    def begin_write(self, offset: int, length: int, now: float) -> int:
+        """Mark a write's regions; persist on a miss. Returns the write's sequence number.
+
+        Raises RecordFull (nothing changed) when the regions do not fit yet, and
+        whatever the store raises when NVRAM fails (nothing changed in RAM either).
+        """
+        span = self.span(offset, length)
+        members = self._members
+        missing = [r for r in span if r not in members]
+        self.policy.observe(offset, length)
+        if missing:
+            self._admit(missing, offset, length, now)
+        self._seq += 1
+        seq = self._seq
+        for region in span:
+            state = members.pop(region)
+            state.inflight += 1
+            state.last_seq = seq
+            state.touched = now
+            members[region] = state  # most recently written last
+        if not missing:
+            self.counters.hits += 1
+        self._inflight_seqs[seq] = None
+        return seq
+
+    def end_write(self, offset: int, length: int, seq: int) -> None:
+        for region in self.span(offset, length):
+            state = self._members.get(region)
+            if state is not None and state.inflight:
+                state.inflight -= 1
+        self._inflight_seqs.pop(seq, None)
+
+    def completed_seq(self) -> int:
+        """Every write with a sequence number up to this one has ended."""
+        for oldest in self._inflight_seqs:  # insertion order is sequence order
+            return oldest - 1
+        return self._seq
+
+    def _admit(self, missing: list[int], offset: int, length: int, now: float) -> None:
+        predicted = self.policy.predict(self, offset, length)
+        add = missing + [r for r in predicted if r not in self._members]
+        evict: list[int] = []
+        if self.enforce_capacity:
+            over = len(self._members) + len(add) - self.capacity
+            if over > 0:
+                protect = set(missing)
+                evict = self.policy.victims(self, over, protect)
+                if len(evict) < over:
+                    # Not enough room for the guesses: admit only what the host wrote.
+                    add = missing
+                    over = len(self._members) + len(add) - self.capacity
+                    evict = evict[:max(over, 0)]
+                    if len(evict) < over:
+                        self.counters.waits += 1
+                        raise RecordFull(f"record holds {len(self._members)} regions, "
+                                         f"capacity {self.capacity}, none evictable")
+        written = self.store.commit(add, evict)
+        c = self.counters
+        c.misses += 1
+        c.nvram_updates += 1
+        c.nvram_bytes_written += written
+        c.evictions += len(evict)
+        c.predicted_added += len(add) - len(missing)
+        for region in evict:
+            del self._members[region]
+        for region in add:
+            self._members[region] = _Region(now)
+
+    # -- the mirror's progress -----------------------------------------------------
+
+    def mirrored_upto(self, seq: int) -> None:
+        """The second medium durably holds every write up to ``seq``."""
+        if seq > self._mirrored_seq:
+            self._mirrored_seq = seq
+
+    def mirrored_region(self, region: int, seq: int) -> None:
+        """The second medium durably holds ``region`` as of every write up to ``seq``."""
+        state = self._members.get(region)
+        if state is not None and seq > state.synced_seq:
+            state.synced_seq = seq
+
+    # -- background ----------------------------------------------------------------
+
+    def tidy(self, now: float) -> int:
+        """Evict quiet clean regions (one transaction); return how many left."""
+        quiet = self.policy.idle(self, now)
+        if not quiet:
+            return 0
+        written = self.store.commit((), quiet)
+        for region in quiet:
+            del self._members[region]
+        c = self.counters
+        c.nvram_updates += 1
+        c.nvram_bytes_written += written
+        c.idle_evictions += len(quiet)
+        return len(quiet)
+
+    def evict_clean(self, limit: int | None = None) -> int:
+        """Evict every evictable region now (one transaction), e.g. after a resync."""
+        gone = [r for r in self._members if self.evictable(r)][:limit]
+        if not gone:
+            return 0
+        written = self.store.commit((), gone)
+        for region in gone:
+            del self._members[region]
+        c = self.counters
+        c.nvram_updates += 1
+        c.nvram_bytes_written += written
+        c.evictions += len(gone)
+        return len(gone)
+
+    def flush(self) -> None:
+        self.store.barrier()

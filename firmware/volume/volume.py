@@ -1,0 +1,154 @@
+"""The write/read path: record check → local medium → mirror → acknowledge.
+
+This is where ARCHITECTURE.md's invariant is kept: ``Record.begin_write``
+persists any region it adds before it returns, and only then is the local
+medium written; the region cannot leave the record until the write has ended
+and the mirror has it durably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections.abc import Callable
+
+from firmware.mirror.mirror import Mirror
+from firmware.record.record import Record, RecordFull
+from firmware.volume.target import TargetError
+from hal.media.base import Medium
+from hal.nvram.base import NvramError
+
+log = logging.getLogger("tandem.volume")
+
+
+class Volume:
+    """A BlockTarget: the appliance's virtual disk."""
+
+    def __init__(self, local: Medium, record: Record, mirror: Mirror, *,
+                 read_only: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+        self.local = local
+        self.record = record
+        self.mirror = mirror
+        self._size = local.size
+        self._read_only = read_only
+        self._clock = clock
+        self._room = asyncio.Event()
+        self.nvram_error: str | None = None
+        self.local_errors = 0
+
+    # -- BlockTarget ----------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def logical_block_size(self) -> int:
+        return 512
+
+    @property
+    def preferred_block_size(self) -> int:
+        return 4096
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def room_made(self) -> None:
+        """The mirror or a finished write may have made regions evictable."""
+        self._room.set()
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        try:
+            return self.local.pread(offset, length)
+        except OSError as exc:
+            self.local_errors += 1
+            log.error("local medium read failed: %s", exc)
+            raise TargetError(errno.EIO, f"local medium: {exc}") from exc
+
+    async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
+        self._check_writable(offset, len(data))
+        seq = await self._begin(offset, len(data))
+        try:
+            self.local.pwrite(offset, data)
+        except OSError as exc:
+            self._local_write_failed(seq, offset, len(data), exc)
+        self.mirror.submit_write(seq, offset, data)
+        self._end(offset, len(data), seq)
+        if fua:
+            await self.flush()
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool = False,
+                           may_trim: bool = True) -> None:
+        self._check_writable(offset, length)
+        seq = await self._begin(offset, length)
+        try:
+            self.local.write_zeroes(offset, length, punch=may_trim)
+        except OSError as exc:
+            self._local_write_failed(seq, offset, length, exc)
+        self.mirror.submit_zeroes(seq, offset, length, punch=may_trim)
+        self._end(offset, length, seq)
+        if fua:
+            await self.flush()
+
+    async def trim(self, offset: int, length: int) -> None:
+        # A trimmed range reads back as zeroes on both media, so they stay identical.
+        await self.write_zeroes(offset, length, may_trim=True)
+
+    async def flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            # The record first: on the simulated board it is a file that must not be
+            # less durable than the data it describes.
+            self.record.flush()
+            await loop.run_in_executor(None, self.local.flush)
+        except NvramError as exc:
+            raise self._nvram_failed(exc) from exc
+        except OSError as exc:
+            self.local_errors += 1
+            log.error("local medium flush failed: %s", exc)
+            raise TargetError(errno.EIO, f"local medium flush: {exc}") from exc
+
+    # -- internals ------------------------------------------------------------------
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise TargetError.out_of_range(offset, length, self._size)
+
+    def _check_writable(self, offset: int, length: int) -> None:
+        if self._read_only:
+            raise TargetError(errno.EPERM, "volume is read-only")
+        self._check(offset, length)
+
+    async def _begin(self, offset: int, length: int) -> int:
+        while True:
+            try:
+                return self.record.begin_write(offset, length, self._clock())
+            except RecordFull:
+                self._room.clear()
+                await self._room.wait()
+            except NvramError as exc:
+                raise self._nvram_failed(exc) from exc
+
+    def _end(self, offset: int, length: int, seq: int) -> None:
+        self.record.end_write(offset, length, seq)
+        if not self._room.is_set():
+            self._room.set()  # an ended write may have made its regions evictable
+
+    def _nvram_failed(self, exc: NvramError) -> TargetError:
+        # Without a persisted record the invariant cannot be kept: refuse the write.
+        self.nvram_error = str(exc)
+        log.error("NVRAM update failed, write refused: %s", exc)
+        return TargetError(errno.EIO, f"NVRAM: {exc}")
+
+    def _local_write_failed(self, seq: int, offset: int, length: int, exc: OSError) -> None:
+        # The range may hold part of the write: keep its regions in the record and let
+        # the mirror copy them by region (it reads the local medium then).
+        self.local_errors += 1
+        log.error("local medium write failed: %s", exc)
+        self.record.end_write(offset, length, seq)
+        self.mirror.force_region_copy()
+        raise TargetError(errno.EIO, f"local medium: {exc}") from exc
