@@ -41,7 +41,7 @@ def console_commands(backend: ConsoleBackend) -> CommandTable:
     table.register(Command(
         name="mirror",
         usage="mirror pause|resume|status",
-        summary="pause or resume copying to the second medium, or show its state",
+        summary="pause or resume the mirror, or show its state",
         handler=lambda args: _mirror(backend, args),
     ))
     return table

@@ -22,12 +22,10 @@ import errno
 import logging
 import os
 import tty
-from typing import TYPE_CHECKING
+
+import serial
 
 from firmware.console.grammar import CommandTable, ConsoleSession
-
-if TYPE_CHECKING:
-    import serial
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +151,6 @@ class ConsoleServer:
         self._start_channel(master, self.pty_path, owns_fd=True)
 
     def _start_serial(self, device: str) -> None:
-        import serial  # pyserial: only boards with a console line need it
-
         port = serial.Serial(device, self._baudrate, timeout=0)
         self._serial_port = port
         self._start_channel(port.fileno(), device, owns_fd=False)

@@ -459,10 +459,10 @@ class ServerConnection:
             return error, f"request {offset}+{length} beyond the end ({self._size} bytes)"
         return None
 
-    def _end_of_input(self) -> Event | None:
+    def _end_of_input(self, inside_message: bool = False) -> Event | None:
         if not self._eof:
             return None
-        complete = self._pos == len(self._buf)
+        complete = self._pos == len(self._buf) and not inside_message
         self._close()
         if complete:
             return Disconnect("client closed the connection")
@@ -480,12 +480,7 @@ class ServerConnection:
     # -- handshake ----------------------------------------------------------------
 
     def _next_handshake_event(self) -> Event | None:
-        while True:
-            phase = self.phase
-            if phase is Phase.CLOSED:
-                return None
-            if phase is _TRANSMISSION:
-                raise AssertionError("unreachable: handshake loop in transmission")
+        while self.phase is Phase.CLIENT_FLAGS or self.phase is Phase.OPTIONS:
             buf = self._buf
             available = len(buf) - self._pos
             if self._skipping is not None:
@@ -495,11 +490,11 @@ class ServerConnection:
                 remaining -= step
                 if remaining:
                     self._skipping = (option, remaining)
-                    return self._end_of_input()
+                    return self._end_of_input(inside_message=True)
                 self._skipping = None
                 self._reply(option, OptionReply.ERR_TOO_BIG, b"option data too long")
                 continue
-            if phase is Phase.CLIENT_FLAGS:
+            if self.phase is Phase.CLIENT_FLAGS:
                 if available < 4:
                     return self._end_of_input()
                 (client_flags,) = struct.unpack_from(">I", buf, self._pos)
@@ -530,6 +525,7 @@ class ServerConnection:
             event = self._handle_option(option, data)
             if event is not None:
                 return event
+        return None
 
     def _reply(self, option: int, reply: int, data: bytes = b"") -> None:
         self._outgoing += _OPTION_REPLY_HEADER.pack(OPTION_REPLY_MAGIC, option, reply, len(data))
@@ -644,6 +640,8 @@ class ServerConnection:
 
     def send_ok(self, handle: int) -> bytes:
         """A successful reply without data (write, flush, trim, write zeroes)."""
+        if self.export is None:
+            self._require_transmission()
         return _SIMPLE_OK.pack(SIMPLE_REPLY_MAGIC, 0, handle)
 
     def send_error(self, handle: int, error: int, message: str = "") -> bytes:
@@ -661,11 +659,12 @@ class ServerConnection:
         With structured replies this is one ``OFFSET_DATA`` chunk marked done: the data is
         in hand, so no error can follow it.
         """
+        if self.export is None:
+            self._require_transmission()
         if self.structured_replies:
             return (_DATA_CHUNK_HEADER.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE,
                                             ReplyType.OFFSET_DATA, handle, 8 + len(data),
                                             offset), data)
-        self._require_transmission()
         return _SIMPLE_OK.pack(SIMPLE_REPLY_MAGIC, 0, handle), data
 
     def send_offset_data_chunk(self, handle: int, offset: int, data: bytes,

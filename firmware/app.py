@@ -1,0 +1,342 @@
+"""`tandem run`: the appliance — board profile → NVRAM, media, record, mirror, frontends.
+
+Start-up decides what must be resynced before anything is served:
+
+- a valid record in NVRAM for this volume: its regions are copied to the second
+  medium (in the background, while hosts are already served);
+- no valid record, but media that already existed: the whole volume is copied,
+  and the log says so loudly;
+- a brand-new pair of media (both created now, both zero): nothing to copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from board import load_profile
+from firmware.mirror.mirror import Mirror, MirrorConfig
+from firmware.record.layout import Geometry, LayoutError, new_volume_uuid
+from firmware.record.policy import SequentialLru
+from firmware.record.record import Record
+from firmware.record.store import NvramRecordStore
+from firmware.volume.volume import Volume
+from hal.media.base import Medium
+from hal.media.file import open_medium
+from hal.nvram import open_nvram
+
+log = logging.getLogger("tandem")
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """'64K', '1G', '1.5G', '4096' → bytes (binary units)."""
+    if isinstance(text, int):
+        return text
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _UNITS and value[-1:] else ""
+    number = value[:-1] if unit else value
+    try:
+        size = int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64K, 256M, 1G)") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return size
+
+
+@dataclass
+class Settings:
+    board: str = "sim"
+    data_dir: str = "tandem-data"
+    size: int | None = None
+    region_size: int | None = None
+    resync_budget: int | None = None
+    nbd_host: str = "127.0.0.1"
+    nbd_port: int = 10809
+    export: str = "tandem"
+    console_tcp: str | None = None  # None: the profile's; "" or "off": none
+    console_pty: bool | None = None
+    mirror_queue: int = 64 << 20
+    idle_evict_s: float | None = 2.0
+    tidy_interval_s: float = 0.5
+    read_only: bool = False
+
+
+@dataclass
+class StartupReport:
+    resync_regions: int
+    reason: str
+
+
+class Appliance:
+    """One running appliance; also the console's backend."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.profile = load_profile(settings.board, data_dir=settings.data_dir)
+        self.started_at = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.nbd_server: Any = None
+        self.console: Any = None
+        self.startup: StartupReport | None = None
+
+    # -- start-up -------------------------------------------------------------------
+
+    def _defaults(self, key: str) -> Any:
+        return self.profile.get("defaults", {}).get(key)
+
+    def open_storage(self) -> None:
+        """Open NVRAM and media, read the record and decide the resync (no event loop)."""
+        s = self.settings
+        if self.profile["nvram"].get("kind") == "file" or any(
+                m.get("kind", "file") == "file" for m in self.profile["media"].values()):
+            Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+        size = s.size or parse_size(self._defaults("size") or "1G")
+        media_specs = self.profile["media"]
+        existed = {role: _exists(spec) for role, spec in media_specs.items()}
+        self.local: Medium = open_medium(media_specs["local"], default_size=size)
+        self.second: Medium = open_medium(media_specs["second"], default_size=self.local.size)
+        if self.second.size < self.local.size:
+            raise SystemExit(f"tandem: second medium {self.second.name} ({self.second.size} B) "
+                             f"is smaller than the local one ({self.local.size} B)")
+        self.nvram = open_nvram(self.profile["nvram"])
+        self.store = NvramRecordStore(self.nvram)
+        region_size = s.region_size or parse_size(self._defaults("region_size") or "64K")
+        budget = s.resync_budget or parse_size(self._defaults("resync_budget") or "1G")
+        fresh = not existed["local"] and not existed["second"]
+        geometry, regions, report = self._recover_record(region_size, fresh)
+        self.geometry = geometry
+        self.startup = report
+        policy = SequentialLru()
+        policy.config.idle_evict_s = s.idle_evict_s
+        self.record = Record(geometry, self.store, capacity_regions=max(1, budget // region_size),
+                             policy=policy, initial_regions=regions, now=time.monotonic())
+
+    def _recover_record(self, region_size: int, fresh: bool
+                        ) -> tuple[Geometry, list[int], StartupReport]:
+        volume_size = self.local.size
+        try:
+            loaded = self.store.load()
+        except LayoutError as exc:
+            geometry = Geometry(volume_size, region_size, new_volume_uuid())
+            if fresh:
+                self.store.format(geometry, ())
+                return geometry, [], StartupReport(0, "new volume: both media created empty")
+            everything = list(range(geometry.nregions))
+            log.warning("*** NO VALID RECORD IN NVRAM (%s): FULL RESYNC of %d bytes to %s ***",
+                        exc, volume_size, self.second.name)
+            self.store.format(geometry, everything)
+            return geometry, everything, StartupReport(len(everything), f"full resync: {exc}")
+        old = loaded.header.geometry
+        if old.volume_size != volume_size:
+            geometry = Geometry(volume_size, region_size, new_volume_uuid())
+            everything = list(range(geometry.nregions))
+            log.warning("*** RECORD IS FOR A %d-BYTE VOLUME, LOCAL MEDIUM IS %d: FULL RESYNC ***",
+                        old.volume_size, volume_size)
+            self.store.format(geometry, everything)
+            return geometry, everything, StartupReport(len(everything), "volume size changed")
+        if loaded.damaged_pairs:
+            log.warning("record: %d damaged bitmap pairs read as the union of both values",
+                        loaded.damaged_pairs)
+        if old.region_size == region_size:
+            self.store.adopt(loaded)
+            return old, loaded.regions, StartupReport(
+                len(loaded.regions), f"record names {len(loaded.regions)} regions")
+        # New region size: name every new region overlapping an old one (a superset).
+        geometry = Geometry(volume_size, region_size, old.volume_uuid)
+        regions = sorted({r for old_region in loaded.regions
+                          for r in geometry_span(geometry, old_region * old.region_size,
+                                                 old.region_size)})
+        log.warning("record: region size %d → %d; %d old regions map to %d new ones",
+                    old.region_size, region_size, len(loaded.regions), len(regions))
+        self.store.format(geometry, regions, generation=loaded.header.generation + 1)
+        return geometry, regions, StartupReport(len(regions), "region size changed")
+
+    async def start(self) -> None:
+        from firmware.frontends.nbd.server import serve_nbd
+
+        if self.startup is None:
+            self.open_storage()
+        self.mirror = Mirror(self.local, self.second, self.record,
+                             MirrorConfig(queue_limit_bytes=self.settings.mirror_queue),
+                             on_progress=lambda: self.volume.room_made())
+        self.volume = Volume(self.local, self.record, self.mirror,
+                             read_only=self.settings.read_only)
+        self.mirror.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._tidy(), name="tidy"))
+        s = self.settings
+        self.nbd_server = await serve_nbd(self.volume, s.nbd_host, s.nbd_port,
+                                          export_name=s.export)
+        await self._start_console()
+
+    async def _start_console(self) -> None:
+        from firmware.console.commands import console_commands
+        from firmware.console.server import ConsoleServer
+
+        spec = self.profile.get("console", {})
+        tcp_text = self.settings.console_tcp
+        if tcp_text is None:
+            tcp_text = spec.get("tcp", "")
+        tcp = None
+        if tcp_text and tcp_text != "off":
+            host, _, port = tcp_text.rpartition(":")
+            tcp = (host or "127.0.0.1", int(port))
+        pty = spec.get("pty", False) if self.settings.console_pty is None \
+            else self.settings.console_pty
+        self.console = ConsoleServer(console_commands(self), tcp=tcp, pty=pty,
+                                     serial_device=spec.get("device"),
+                                     baudrate=int(spec.get("baudrate", 115200)))
+        await self.console.start()
+
+    async def _tidy(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tidy_interval_s)
+            try:
+                if self.record.tidy(time.monotonic()):
+                    self.volume.room_made()
+            except OSError as exc:
+                log.error("record tidy failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self.nbd_server is not None:
+            self.nbd_server.close()
+        if self.console is not None:
+            self.console.close()
+        for task in self._tasks:
+            task.cancel()
+        await self.mirror.close()
+        with contextlib.suppress(OSError):
+            self.local.flush()
+            self.record.evict_clean()
+            self.record.flush()
+        self.local.close()
+        self.second.close()
+        self.nvram.close()
+
+    # -- console backend ------------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        record = self.record
+        c = record.counters
+        writes = c.hits + c.misses
+        out: dict[str, object] = {
+            "board": self.profile.get("name", self.settings.board),
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "volume_size": self.geometry.volume_size,
+            "region_size": self.geometry.region_size,
+            "record_regions": len(record),
+            "record_bytes": len(record) << record.region_shift,
+            "record_capacity_regions": record.capacity,
+            "hits": c.hits,
+            "misses": c.misses,
+            "nvram_updates": c.nvram_updates,
+            "nvram_bytes_written": c.nvram_bytes_written,
+            "evictions": c.evictions,
+            "idle_evictions": c.idle_evictions,
+            "waits": c.waits,
+            "predicted_added": c.predicted_added,
+            "upd_per_kw": round(1000 * c.nvram_updates / writes, 2) if writes else 0.0,
+        }
+        out.update(self.mirror.status())
+        out["nvram_error"] = self.volume.nvram_error
+        out["local_errors"] = self.volume.local_errors
+        if self.startup:
+            out["startup"] = self.startup.reason
+        return out
+
+    def record_regions(self) -> list[int]:
+        return self.record.regions()
+
+    def mirror_pause(self) -> None:
+        self.mirror.pause()
+
+    def mirror_resume(self) -> None:
+        self.mirror.resume()
+
+
+def geometry_span(geometry: Geometry, offset: int, length: int) -> range:
+    shift = geometry.region_shift
+    last = min(offset + length, geometry.volume_size) - 1
+    return range(offset >> shift, (last >> shift) + 1)
+
+
+def _exists(spec: dict[str, Any]) -> bool:
+    path = spec.get("path")
+    return bool(path) and os.path.exists(str(path)) and (
+        spec.get("kind", "file") != "file" or os.path.getsize(str(path)) > 0)
+
+
+async def _serve(settings: Settings) -> int:
+    app = Appliance(settings)
+    await app.start()
+    s = settings
+    print(f"tandem: board {app.profile.get('name')} · volume {app.local.size} bytes · "
+          f"region {app.geometry.region_size} · {app.startup.reason if app.startup else ''}",
+          flush=True)
+    print(f"tandem: NBD on nbd://{s.nbd_host}:{s.nbd_port}/{s.export}", flush=True)
+    if app.console.pty_path:
+        print(f"tandem: console on pty {app.console.pty_path}", flush=True)
+    if app.console.tcp_address:
+        host, port = app.console.tcp_address
+        print(f"tandem: console on socket://{host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("tandem: stopping", flush=True)
+    await app.stop()
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="start the appliance (board 'sim' by default)")
+    p.add_argument("--board", default="sim", help="board profile name or path (default: sim)")
+    p.add_argument("--data-dir", default="tandem-data",
+                   help="state of the simulated board: nvram.bin, local.img, second.img")
+    p.add_argument("--size", type=parse_size, help="size of media created now (default 1G)")
+    p.add_argument("--region-size", type=parse_size, help="record region size (default 64K)")
+    p.add_argument("--resync-budget", type=parse_size,
+                   help="most bytes the record may name while the mirror is healthy")
+    p.add_argument("--nbd", default="127.0.0.1:10809", help="NBD listen address HOST:PORT")
+    p.add_argument("--export", default="tandem", help="NBD export name")
+    p.add_argument("--console-tcp", default=None,
+                   help="console TCP address HOST:PORT, or 'off' (default: the board's)")
+    p.add_argument("--no-console-pty", action="store_true", help="no console pty on sim")
+    p.add_argument("--mirror-queue", type=parse_size, default=64 << 20,
+                   help="bytes of writes queued for the mirror before it copies by region")
+    p.add_argument("--idle-evict", type=float, default=2.0,
+                   help="seconds a clean region stays in the record unwritten (<0: never)")
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    host, _, port = args.nbd.rpartition(":")
+    settings = Settings(
+        board=args.board, data_dir=args.data_dir, size=args.size,
+        region_size=args.region_size, resync_budget=args.resync_budget,
+        nbd_host=host or "127.0.0.1", nbd_port=int(port), export=args.export,
+        console_tcp=args.console_tcp, console_pty=False if args.no_console_pty else None,
+        mirror_queue=args.mirror_queue,
+        idle_evict_s=None if args.idle_evict < 0 else args.idle_evict,
+        read_only=args.read_only)
+    try:
+        return asyncio.run(_serve(settings))
+    except (LayoutError, OSError) as exc:
+        print(f"tandem: {exc}", file=sys.stderr)
+        return 1

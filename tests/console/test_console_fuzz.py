@@ -1,0 +1,70 @@
+"""Fuzzing the console core: whatever arrives, no exception escapes and framing holds."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from firmware.console.commands import console_commands
+from firmware.console.grammar import (
+    PROMPT,
+    ConsoleSession,
+    LineAssembler,
+    LineReceived,
+    LineTooLong,
+)
+
+PROMPT_BYTES = PROMPT.encode()
+
+# Pieces that reach interesting states: real commands, terminators, editing keys,
+# escape sequences, broken UTF-8, and raw bytes.
+FRAGMENTS = st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from([
+        b"status", b"status --json", b"record", b" --list", b" --count", b"mirror ",
+        b"pause", b"resume", b"status", b"help", b" help", b"'", b'"', b"\\",
+        b"\r", b"\n", b"\r\n", b"\x03", b"\x08", b"\x7f", b"\x15", b"\x1b", b"\x1b[",
+        b"\x1b[1;5A", b"\x1bO", b"\t", b"\x00", b"\xc3", b"\xe2\x82", b"\xff", b"\x80",
+        b"a" * 1000, b"\x9b",
+    ]),
+)
+STREAMS = st.lists(FRAGMENTS, max_size=30)
+SETTINGS = settings(max_examples=10_000, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(chunks=STREAMS, echo=st.booleans())
+def test_line_assembler_takes_any_bytes(chunks, echo):
+    assembler = LineAssembler(echo=echo)
+    for chunk in chunks:
+        for event in assembler.feed(chunk):
+            if isinstance(event, LineReceived):
+                # One character per input byte at most, and no terminators inside.
+                assert len(event.text) <= 1024
+                assert "\r" not in event.text and "\n" not in event.text
+            elif isinstance(event, LineTooLong):
+                assert event.limit == 1024
+
+
+@settings(SETTINGS, max_examples=2_000)
+@given(chunks=STREAMS, echo=st.booleans(), cut=st.data())
+def test_session_answers_any_bytes_however_they_are_cut(backend_factory, chunks, echo, cut):
+    stream = b"".join(chunks)
+    whole = ConsoleSession(console_commands(backend_factory()), echo=echo).receive(stream)
+
+    # The same bytes in other pieces give the same output: reads may split anywhere.
+    cuts = sorted(cut.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    session = ConsoleSession(console_commands(backend_factory()), echo=echo)
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    assert b"".join(session.receive(piece) for piece in pieces) == whole
+
+    if not echo:
+        # Every line end and ^C is answered, and each answer ends with a prompt.
+        answers = whole.split(PROMPT_BYTES)
+        assert answers[-1] == b""
+        for body in answers[:-1]:
+            assert body == b"" or body.endswith(b"\r\n")
+    # A session still works after whatever came before.
+    assert session.receive(b"\x03record --count\r\n").endswith(b"\r\n" + PROMPT_BYTES)
