@@ -1,11 +1,11 @@
 """`tandem console PORT_OR_URL [COMMAND...]`: talk to the appliance's management console.
 
-PORT_OR_URL is anything pyserial opens: a serial device (``/dev/ttyUSB0``), the
-simulated board's pty (``/dev/pts/7``) or a TCP console (``socket://127.0.0.1:10810``).
+PORT_OR_URL is anything pyserial opens: a serial device (/dev/ttyUSB0), the
+simulated board's pty (/dev/pts/7) or a TCP console (socket://127.0.0.1:10810).
 With a COMMAND, prints its answer and exits 0, or 1 if the console answered
-``error: ...``; without one, reads commands from stdin, one a line.
+"error: ..."; without one, reads commands from stdin, one a line.
 Exit status 2: the console could not be reached or did not answer in time.
-"""
+Options go before PORT_OR_URL: everything after it is the command."""
 
 from __future__ import annotations
 
@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
     except ConsoleError as exc:
         print(f"tandem console: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def _command_line(words: list[str]) -> str:

@@ -84,6 +84,8 @@ def _is_byte_count(key: str) -> bool:
 
 
 def _human_bytes(count: int) -> str:
+    if abs(count) < 1024:
+        return f"{count} B"
     size = float(count)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(size) < 1024 or unit == "TiB":

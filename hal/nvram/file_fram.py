@@ -48,7 +48,9 @@ class FileFram:
         try:
             fd = os.open(self._path, flags, 0o644)
         except OSError as exc:
-            raise NvramError(exc.errno, f"cannot open FRAM file {self._path}: {exc.strerror}") from exc
+            raise NvramError(
+                exc.errno, f"cannot open FRAM file {self._path}: {exc.strerror}"
+            ) from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

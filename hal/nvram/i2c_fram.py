@@ -5,8 +5,9 @@ Addressing (MB85RC datasheets, "device address word"): the 7-bit slave address i
 two bytes, MSB first. Memory address bits beyond those bytes replace the low
 slave-address bits: A8 on the 512-byte MB85RC04V, A10..A8 on 2 KiB parts, A16 on
 the 128 KiB MB85RC1MT/FM24V10 (which therefore answer on two slave addresses).
-So no I2C message here crosses a (1 << 8 * address bytes) boundary: each message
-carries its high bits in its slave address.
+Messages are also split at those (1 << 8 * address bytes) boundaries, so each one
+carries its own high bits in its slave address instead of relying on the chip's
+address counter carrying into them.
 
 A write is one message ``[address bytes] + data``; a read is an address write then a
 repeated-start read in the same ``i2c_rdwr`` call.
@@ -16,15 +17,17 @@ write the target's 8-bit address word to the reserved slave ``F8h`` (7-bit ``0x7
 repeated start, read 3 bytes from ``F9h``. Bytes: manufacturer ID in the first 12
 bits, then a 4-bit density code, then 8 product/revision bits.
 
-============ ============ ======= ========= ====================================
-manufacturer example      ID      density   size
-============ ============ ======= ========= ====================================
-0x00A Fujitsu MB85RC256V  00 A5 10 5        1 KiB << d (d 1..7); d 0 = 512 B (04V)
-0x004 Cypress FM24V02     00 42 00 2        8 KiB << d (d 1..4: 128 Kbit..1 Mbit)
-============ ============ ======= ========= ====================================
+============= ============ ========== ======= ===============================
+manufacturer  example      device ID  density size
+============= ============ ========== ======= ===============================
+0x00A Fujitsu MB85RC256V   00 A5 10   5       1 KiB << d (1..7); 0 = 512 B
+0x004 Cypress FM24V02      00 42 00   2       8 KiB << d (1..4)
+============= ============ ========== ======= ===============================
 
-Known Fujitsu density codes: 0 MB85RC04V, 3 MB85RC64TA, 5 MB85RC256V, 6 MB85RC512T,
-7 MB85RC1MT. Parts without a device ID (MB85RC16, MB85RC64A/V, MB85RC128A, FM24CL64B,
+Known Fujitsu density codes (from the datasheet for 256V, from the part table of
+the FRAM_MB85RC_I2C library for the rest): 0 MB85RC04V, 3 MB85RC64TA, 5 MB85RC256V,
+6 MB85RC512T, 7 MB85RC1MT; Cypress: 1 CY15B128J, 2 FM24V02/CY15B256J, 3 FM24V05,
+4 FM24V10. Parts without a device ID (MB85RC16, MB85RC64A/V, MB85RC128A, FM24CL64B,
 ...) NACK the reserved address; they need ``size`` from the board profile.
 """
 

@@ -282,7 +282,8 @@ class I2cFramModel:
             if page is None:
                 raise OSError(errno.ENXIO, "No such device or address")
             if is_read:
-                data = bytes(self.memory[(self.pointer + i) % self.chip.size] for i in range(msg.len))
+                size = self.chip.size
+                data = bytes(self.memory[(self.pointer + i) % size] for i in range(msg.len))
                 ctypes.memmove(msg.buf, data, msg.len)
                 self.pointer = (self.pointer + msg.len) % self.chip.size
             else:

@@ -18,28 +18,33 @@ RDID   0x9F  device ID, manufacturer first
 Because WEL is cleared at the end of every WRITE frame, each WRITE frame is
 preceded by its own WREN frame: a WRITE without it is silently ignored by the chip.
 
-RDID formats and the parts checked against them (sources: Linux
-``drivers/misc/eeprom/at25.c`` fm25 probe -- ``id[6] == 0xc2``, size
-``BIT(id[7] - 0x21 + 4) KiB`` -- and its ``inside-out`` variant; Linux
-``spi-nor`` entry ``mb85rs1mt INFO(0x047f27 ...)``; NuttX ``drivers/mtd/ramtron.c``
-part table; the FRAM ID tables of the Adafruit SPIFlash and several MB85RS
-libraries; FM24V02 datasheet rev 2.0 fig. 14 for the Cypress density code):
+RDID formats and the parts checked against them. Sources, cross-checked: the
+Linux ``drivers/misc/eeprom/at25.c`` fm25 probe (``id[6] == 0xc2``, size
+``BIT(id[7] - 0x21 + 4) KiB``, 3-byte addressing above 64 KiB, and the reversed
+"inside-out" ID of some dies); the Linux spi-nor entry ``mb85rs1mt INFO(0x047f27)``;
+the NuttX ``drivers/mtd/ramtron.c`` part table (FM25V01..CY15B104Q ID bytes,
+MB85RS1MT ``27 03``, MB85RS256B ``05 09``); published MB85RS ID tables for the
+other Fujitsu parts (density 03..09 = 64 Kbit..4 Mbit); the Cypress FM24V02
+datasheet (rev 2.0, fig. 14) for the meaning of the density field (01h = 128 Kbit
+.. 04h = 1 Mbit, same coding on the SPI FM25V parts). The Fujitsu SPI datasheet
+pages themselves were not available to check against: the MB85RS byte-1 layout
+(bits 4..0 density) is inferred from those tables, which all agree with it.
 
 Fujitsu MB85RS -- 4 bytes: ``04`` (manufacturer), ``7F`` (continuation code),
 product ID byte 1 (bits 7..5 proprietary, bits 4..0 density: size = 1 KiB << d),
 product ID byte 2 (proprietary).
 
-=========== ================ ======== ====== ========
-part        RDID             density  size   address
-=========== ================ ======== ====== ========
-MB85RS64V   04 7F 03 02      3        8 KiB  2 bytes
-MB85RS128B  04 7F 04 09      4        16 KiB 2 bytes
-MB85RS256B  04 7F 05 09      5        32 KiB 2 bytes
-MB85RS512T  04 7F 26 03      6        64 KiB 2 bytes
+=========== ================ ======== ======= ========
+part        RDID             density  size    address
+=========== ================ ======== ======= ========
+MB85RS64V   04 7F 03 02      3        8 KiB   2 bytes
+MB85RS128B  04 7F 04 09      4        16 KiB  2 bytes
+MB85RS256B  04 7F 05 09      5        32 KiB  2 bytes
+MB85RS512T  04 7F 26 03      6        64 KiB  2 bytes
 MB85RS1MT   04 7F 27 03      7        128 KiB 3 bytes
 MB85RS2MTA  04 7F 48 03      8        256 KiB 3 bytes
 MB85RS4MT   04 7F 49 03      9        512 KiB 3 bytes
-=========== ================ ======== ====== ========
+=========== ================ ======== ======= ========
 
 Cypress/Infineon -- 9 bytes: six ``7F`` continuation codes, ``C2`` (manufacturer),
 device ID byte 1 (bits 7..5 family = 001, bits 4..0 density: size = 8 KiB << d),
@@ -270,7 +275,8 @@ class SpiFram:
         status = self._frame([RDSR, 0])[1]
         if status & SR_ALWAYS_ZERO:
             raise NvramError(
-                errno.EIO, f"SPI FRAM status register reads 0x{status:02x}: the bus is not answering"
+                errno.EIO,
+                f"SPI FRAM status register reads 0x{status:02x}: the bus is not answering",
             )
         return status
 
@@ -286,7 +292,8 @@ class SpiFram:
                 errno.EMSGSIZE, f"spidev refused a {len(tx)}-byte frame ({exc}); lower max_transfer"
             ) from exc
         except OSError as exc:
-            hint = "; lower max_transfer or raise spidev.bufsiz" if exc.errno == errno.EMSGSIZE else ""
+            too_long = exc.errno == errno.EMSGSIZE
+            hint = "; lower max_transfer or raise spidev.bufsiz" if too_long else ""
             raise NvramError(exc.errno, f"SPI transfer failed: {exc.strerror}{hint}") from exc
         return bytes(rx)
 
@@ -308,8 +315,10 @@ def open_spi_fram(
     module loads on machines without it.
     """
     if device is None:
-        import spidev  # type: ignore[import-not-found]
-
+        try:
+            import spidev  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise ImportError("SPI FRAM needs spidev: install the 'board' extra") from exc
         device = spidev.SpiDev()
     device.open(bus, cs)
     try:

@@ -172,6 +172,11 @@ class CommandRing:
         return self._in_flight
 
     @property
+    def tail(self) -> int:
+        """Our cmd_tail: everything before it has been answered or skipped."""
+        return self._tail
+
+    @property
     def out_of_order(self) -> bool:
         return bool(self.flags & FLAG_CAP_OOOC)
 
