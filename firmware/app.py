@@ -210,9 +210,10 @@ class Appliance:
 
     async def stop(self) -> None:
         if self.nbd_server is not None:
-            self.nbd_server.close()
+            await self.nbd_server.close()
         if self.console is not None:
             self.console.close()
+            await self.console.wait_closed()
         for task in self._tasks:
             task.cancel()
         await self.mirror.close()
@@ -249,6 +250,7 @@ class Appliance:
             "upd_per_kw": round(1000 * c.nvram_updates / writes, 2) if writes else 0.0,
         }
         out.update(self.mirror.status())
+        out["nbd_connections"] = self.nbd_server.connections if self.nbd_server else 0
         out["nvram_error"] = self.volume.nvram_error
         out["local_errors"] = self.volume.local_errors
         if self.startup:

@@ -15,6 +15,7 @@ import sys
 SUBCOMMAND_MODULES = (
     "firmware.app",
     "tools.console_client",
+    "tools.benchmark",
 )
 
 

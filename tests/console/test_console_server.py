@@ -91,13 +91,18 @@ def test_mirror_pause_over_the_console_calls_the_backend(start_server, backend):
 
 def test_garbage_on_one_session_does_not_disturb_another(start_server, backend):
     server = start_server()
-    with socket.create_connection(server.tcp_address, timeout=TIMEOUT) as noisy, \
+    garbage = bytes(range(256)) * 64  # control bytes, line ends, ^C, escapes, bad UTF-8
+    no_line_end = bytes(b for b in range(256) if b not in b"\r\n\x03") * 8 + b"x" * 5000
+    with socket.create_connection(server.tcp_address, timeout=TIMEOUT) as deaf, \
+            socket.create_connection(server.tcp_address, timeout=TIMEOUT) as noisy, \
             ConsoleClient.open(tcp_url(server), timeout=TIMEOUT) as client:
+        deaf.sendall(garbage)  # and never reads its answers
         read_until_prompt(noisy)
-        noisy.sendall(bytes(range(256)) * 8 + b"x" * 5000)  # control bytes, bad UTF-8, overlong
+        noisy.sendall(no_line_end)
         assert client.command("record --count") == "7"
         noisy.sendall(b"\r\n")
-        assert b"error: line too long" in read_until_prompt(noisy)
+        assert read_until_prompt(noisy) == b"error: line too long (more than 1024 bytes), " \
+                                           b"discarded\r\n" + PROMPT.encode()
         noisy.sendall(b"\x1b[Astat\xc3")  # and leave mid-line
     with ConsoleClient.open(tcp_url(server), timeout=TIMEOUT) as client:
         assert json.loads(client.command("status --json"))["board"] == "sim"

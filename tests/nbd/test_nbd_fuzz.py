@@ -43,7 +43,7 @@ EXPORTS = (Export("tandem", 1 << 20, minimum_block_size=512),
 TERMINAL = (Disconnect, ProtocolViolation)
 EVENT_TYPES = (Ready, ReadRequest, WriteRequest, FlushRequest, TrimRequest, WriteZeroesRequest,
                InvalidRequest, Disconnect, ProtocolViolation)
-FUZZ = settings(max_examples=300, deadline=None,
+FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 

@@ -230,7 +230,8 @@ class CommandRing:
         rsp = bytearray(ENTRY_MIN_SIZE - RSP_STATUS_OFFSET)
         rsp[0] = status
         struct.pack_into("=I", rsp, RSP_READ_LEN_OFFSET - RSP_STATUS_OFFSET, read_len or 0)
-        rsp[RSP_SENSE_OFFSET - RSP_STATUS_OFFSET:][:len(sense)] = sense
+        sense_at = RSP_SENSE_OFFSET - RSP_STATUS_OFFSET
+        rsp[sense_at:sense_at + len(sense)] = sense
         self._buf[base + RSP_STATUS_OFFSET:base + ENTRY_MIN_SIZE] = bytes(rsp)
         self._in_flight -= 1
         self._tail = (offset + (len_op & ~OP_MASK)) % self._ring_size
@@ -278,7 +279,7 @@ class CommandRing:
         if length < IOV_OFFSET:
             raise RingError(f"CMD entry at {offset} of {length} bytes is too short")
         iov_cnt, bidi_cnt, dif_cnt, cdb_off = _REQUEST.unpack(
-            self._buf[base + REQUEST_OFFSET:base + IOV_OFFSET])
+            self._buf[base + REQUEST_OFFSET:base + REQUEST_OFFSET + _REQUEST.size])
         total = iov_cnt + bidi_cnt + dif_cnt
         if IOV_OFFSET + total * _IOVEC.size > length:
             raise RingError(f"CMD entry at {offset}: {total} iovecs overrun its {length} bytes")

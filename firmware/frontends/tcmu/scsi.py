@@ -312,7 +312,7 @@ class ScsiDisk:
         if xfer.flags & 0xE0:               # VRPROTECT
             raise invalid_field(1, 7)
         bytchk = (xfer.flags >> 1) & 0x3
-        if bytchk in (2, 3):                # 2 is reserved; 3 (one block compared to all) unsupported
+        if bytchk in (2, 3):                # 2 reserved; 3 (one block vs. all) not offered
             raise invalid_field(1, 2)
         self._check_range(xfer.lba, xfer.blocks)
         self._check_transfer_length(xfer.blocks, _length_field(cdb[0]))

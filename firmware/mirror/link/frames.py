@@ -200,7 +200,7 @@ class Barrier(Frame):
 
 @_frame(7, _u64, _flag)
 class EpochAck(Frame):
-    """``durable``: applied and flushed (False would be "received whole", unused so far)."""
+    """``durable``: applied and flushed; False: received whole, being applied."""
 
     epoch: int
     durable: bool
@@ -845,6 +845,8 @@ class ReceiverMachine(_Endpoint):
                                     f"epoch {self.epoch} of {self._seq} writes")
             self.epoch += 1
             self._seq = 0
+            # "Received whole": tells the sender the link is alive while the epoch is applied.
+            self._send(EpochAck(frame.epoch, False))
             return [CommitEpoch(frame.epoch, frame.count)]
         if isinstance(frame, DigestReq):
             if (not _valid_block_size(frame.block_size)

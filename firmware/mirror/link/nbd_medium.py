@@ -1,0 +1,149 @@
+"""The second medium as any NBD export (qemu-nbd, nbdkit, another Tandem), through libnbd.
+
+    NbdMedium("nbd://backup-host:10809/volume")
+    NbdMedium("nbd+unix:///?socket=/run/nbd.sock")
+
+A site without Tandem can be a mirror target this way. There are no epochs:
+the export sees the writes of a run in order and flush() makes them durable,
+but a link cut in the middle of a run leaves part of the run on the export
+(so the copy is only crash-consistent at flush points; the mirror re-sends the
+run's regions from its record). Failure handling is the same as RemoteMedium's:
+after the connection dies every call raises MediumError until flush() ends the
+run (raising too); the call after that reconnects.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import nbd
+
+from hal.media.base import MediumError
+
+CHUNK = 8 * 1024 * 1024  # bytes per NBD request (servers commonly take up to 32 MiB)
+ZERO_CHUNK = 1024 * 1024 * 1024  # NBD lengths are 32-bit
+
+T = TypeVar("T")
+
+
+class NbdMedium:
+    def __init__(self, uri: str, *, name: str | None = None) -> None:
+        self._uri = uri
+        self._name = name or uri
+        self._lock = threading.Lock()
+        self._unflushed = False
+        self._dead: MediumError | None = None
+        self._closed = False
+        self._handle = self._connect()
+        self._size = self._handle.get_size()
+        self._can_zero = self._handle.can_zero()
+        self._can_trim = self._handle.can_trim()
+        self._can_flush = self._handle.can_flush()
+        self.read_only = bool(self._handle.is_read_only())
+
+    def _connect(self) -> nbd.NBD:
+        handle = nbd.NBD()
+        handle.set_handle_name("tandem-mirror")
+        try:
+            handle.connect_uri(self._uri)
+        except nbd.Error as exc:
+            raise MediumError(exc.errno or errno.ECONNREFUSED,
+                              f"{self._name}: cannot connect: {exc.string}") from None
+        return handle
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def connected(self) -> bool:
+        return self._dead is None and not self._closed
+
+    def _call(self, op: Callable[[nbd.NBD], T], writes: bool = False) -> T:
+        """Run one libnbd call; reconnect first if the last connection died between runs."""
+        with self._lock:
+            if self._closed:
+                raise MediumError(errno.EBADF, f"{self._name}: closed")
+            run_open = self._unflushed
+            if writes:  # joins the open run even if it fails: the run owes a flush
+                self._unflushed = True
+            if self._dead is not None:
+                if run_open:
+                    raise MediumError(self._dead.errno, self._dead.strerror)
+                self._handle = self._connect()
+                self._dead = None
+            handle = self._handle
+        try:
+            result = op(handle)
+        except nbd.Error as exc:
+            error = MediumError(exc.errno or errno.EIO, f"{self._name}: {exc.string}")
+            if handle.aio_is_dead() or handle.aio_is_closed():
+                with self._lock:
+                    if self._handle is handle and self._dead is None:
+                        self._dead = error
+            raise error from None
+        return result
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise MediumError(errno.EINVAL, f"{self._name}: {offset}+{length} beyond "
+                                            f"{self._size} bytes")
+
+    def pread(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        parts = []
+        for start in range(offset, offset + length, CHUNK):
+            n = min(CHUNK, offset + length - start)
+            parts.append(self._call(lambda h, n=n, start=start: h.pread(n, start)))
+        return b"".join(parts)
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        self._check(offset, len(data))
+        view = memoryview(data)
+        for start in range(0, len(data), CHUNK):
+            chunk = bytes(view[start:start + CHUNK])
+            self._call(lambda h, chunk=chunk, start=start: h.pwrite(chunk, offset + start),
+                       writes=True)
+
+    def write_zeroes(self, offset: int, length: int, punch: bool = False) -> None:
+        self._check(offset, length)
+        if not self._can_zero:
+            zeroes = bytes(min(length, CHUNK))
+            for start in range(offset, offset + length, CHUNK):
+                self.pwrite(start, zeroes[:min(CHUNK, offset + length - start)])
+            return
+        flags = 0 if punch else nbd.CMD_FLAG_NO_HOLE
+        for start in range(offset, offset + length, ZERO_CHUNK):
+            n = min(ZERO_CHUNK, offset + length - start)
+            self._call(lambda h, n=n, start=start: h.zero(n, start, flags), writes=True)
+
+    def flush(self) -> None:
+        with self._lock:
+            unflushed, self._unflushed = self._unflushed, False
+            dead = self._dead
+        if dead is not None:
+            if unflushed:
+                raise MediumError(dead.errno, dead.strerror)
+            return
+        if self._can_flush:
+            self._call(lambda h: h.flush())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            handle = self._handle
+        try:
+            if self._dead is None:
+                handle.shutdown()
+        except nbd.Error:
+            pass
+        del self._handle
