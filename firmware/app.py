@@ -71,6 +71,11 @@ class Settings:
     idle_evict_s: float | None = 2.0
     tidy_interval_s: float = 0.5
     read_only: bool = False
+    tcmu: bool = False
+    tcm_loop: bool = False
+    iscsi_portal: str | None = None
+    iscsi_iqn: str | None = None
+    tcmu_name: str = "tandem"
 
 
 @dataclass
@@ -88,6 +93,7 @@ class Appliance:
         self.started_at = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self.nbd_server: Any = None
+        self.tcmu: Any = None
         self.console: Any = None
         self.startup: StartupReport | None = None
 
@@ -179,6 +185,12 @@ class Appliance:
         self.nbd_server = await serve_nbd(self.volume, s.nbd_host, s.nbd_port,
                                           export_name=s.export)
         await self._start_console()
+        if s.tcmu:
+            from firmware.frontends.tcmu.service import start_tcmu_frontend
+
+            self.tcmu = await start_tcmu_frontend(
+                self.volume, s.tcmu_name, tcm_loop=s.tcm_loop, iscsi_portal=s.iscsi_portal,
+                iscsi_iqn=s.iscsi_iqn)
 
     async def _start_console(self) -> None:
         from firmware.console.commands import console_commands
@@ -209,6 +221,8 @@ class Appliance:
                 log.error("record tidy failed: %s", exc)
 
     async def stop(self) -> None:
+        if self.tcmu is not None:
+            await self.tcmu.close()
         if self.nbd_server is not None:
             await self.nbd_server.close()
         if self.console is not None:
@@ -292,6 +306,14 @@ async def _serve(settings: Settings) -> int:
     if app.console.tcp_address:
         host, port = app.console.tcp_address
         print(f"tandem: console on socket://{host}:{port}", flush=True)
+    if app.tcmu is not None:
+        if app.tcmu.scsi_disk:
+            print(f"tandem: SCSI disk {app.tcmu.scsi_disk} (tcm_loop)", flush=True)
+        if app.tcmu.iscsi_url:
+            print(f"tandem: iSCSI {app.tcmu.iscsi_url}", flush=True)
+        from firmware.frontends.tcmu.service import notify_ready
+
+        notify_ready("serving")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -321,6 +343,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-evict", type=float, default=2.0,
                    help="seconds a clean region stays in the record unwritten (<0: never)")
     p.add_argument("--read-only", action="store_true")
+    p.add_argument("--tcmu", action="store_true",
+                   help="also export the volume through LIO/TCMU (needs configfs, root)")
+    p.add_argument("--tcm-loop", action="store_true", help="with --tcmu: a local SCSI disk")
+    p.add_argument("--iscsi-portal", help="with --tcmu: iSCSI portal HOST:PORT")
+    p.add_argument("--iscsi-iqn", help="with --tcmu: iSCSI target IQN")
+    p.add_argument("--tcmu-name", default="tandem", help="LIO storage object name")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_run)
 
@@ -336,7 +364,8 @@ def _run(args: argparse.Namespace) -> int:
         console_tcp=args.console_tcp, console_pty=False if args.no_console_pty else None,
         mirror_queue=args.mirror_queue,
         idle_evict_s=None if args.idle_evict < 0 else args.idle_evict,
-        read_only=args.read_only)
+        read_only=args.read_only, tcmu=args.tcmu, tcm_loop=args.tcm_loop,
+        iscsi_portal=args.iscsi_portal, iscsi_iqn=args.iscsi_iqn, tcmu_name=args.tcmu_name)
     try:
         return asyncio.run(_serve(settings))
     except (LayoutError, OSError) as exc:
