@@ -15,7 +15,9 @@ import sys
 SUBCOMMAND_MODULES = (
     "firmware.app",
     "tools.console_client",
+    "firmware.mirror.link.receiver",
     "tools.benchmark",
+    "tools.torture",
 )
 
 

@@ -182,6 +182,7 @@ class BenchSettings:
     work_dir: str
     file_system: str
     tandem_args: list[str]
+    nvram_dir: str | None = None  # where the simulated FRAM file goes (None: the data dir)
 
     @property
     def images(self) -> str:
@@ -232,7 +233,9 @@ def render_table(settings: BenchSettings, outcomes: Sequence[JobOutcome]) -> str
         f"{settings.size >> 20} MiB, " + (f"median of {settings.repeat} runs; "
                                           if settings.repeat > 1 else "") + settings.images,
         f"work dir {settings.work_dir} ({settings.file_system}); Tandem mirroring on "
-        f"(local.img and second.img there too)",
+        f"(local.img and second.img there too)" + (
+            f"; simulated FRAM in {settings.nvram_dir} ({file_system_of(Path(settings.nvram_dir))})"
+            if settings.nvram_dir else ", nvram.bin too (O_DSYNC writes)"),
         f"server CPU, Tandem/{peer} (1.00 = one core busy): {cpu}",
         "hits … mirror: Tandem's record counters and mirror state just after each job",
     ]
@@ -390,7 +393,15 @@ class Server:
 class TandemServer(Server):
     label = "tandem"
 
-    def __init__(self, data_dir: Path, size: int, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, data_dir: Path, size: int, extra_args: Sequence[str] = (),
+                 nvram_dir: Path | None = None) -> None:
+        if nvram_dir is not None:
+            # The sim board keeps its FRAM at DATA_DIR/nvram.bin: point that name elsewhere
+            # (e.g. tmpfs, where a synchronous write costs what a real FRAM's does: µs).
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fram_dir = Path(tempfile.mkdtemp(prefix="tandem-bench-fram-", dir=nvram_dir))
+            (data_dir / "nvram.bin").symlink_to(fram_dir / "nvram.bin")
+        self._fram_dir = fram_dir if nvram_dir is not None else None
         nbd_port, console_port = free_port(), free_port()
         self.console_url = f"socket://127.0.0.1:{console_port}"
         command = [
@@ -401,6 +412,11 @@ class TandemServer(Server):
         ]
         super().__init__(command, f"nbd://127.0.0.1:{nbd_port}/{EXPORT}",
                          data_dir.parent / f"{data_dir.name}.log", cwd=REPO_ROOT)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._fram_dir is not None:
+            shutil.rmtree(self._fram_dir, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:
         from tools.console_client import ConsoleClient, ConsoleError
@@ -508,8 +524,9 @@ def run_bench(settings: BenchSettings, jobs: Sequence[FioJob], *, keep: bool,
                 name = f"{job.name}-{which}-{round_ + 1}"
                 with _scratch_dir(work, name, keep) as scratch:
                     if which == "tandem":
+                        nvram_dir = Path(settings.nvram_dir) if settings.nvram_dir else None
                         server: Server = TandemServer(scratch / "data", settings.size,
-                                                      settings.tandem_args)
+                                                      settings.tandem_args, nvram_dir)
                     else:
                         server = PeerServer(settings.peer, scratch / "peer.img", settings.size)
                     if progress:
@@ -564,6 +581,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--work-dir", metavar="DIR",
                         help="where images and data dirs go (default: a new temporary "
                              "directory); pick the file system you want to measure")
+    parser.add_argument("--nvram-dir", metavar="DIR",
+                        help="put Tandem's simulated FRAM file there instead of in its data "
+                             "dir, e.g. /dev/shm to approximate a real FRAM's write time")
     parser.add_argument("--keep", action="store_true",
                         help="keep images, logs and fio reports in the work dir")
     parser.add_argument("--tandem-arg", action="append", default=[], dest="tandem_args",
@@ -589,7 +609,8 @@ def run(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         peer=args.peer, runtime_s=args.runtime, size=args.size, repeat=args.repeat,
         precondition=args.precondition, work_dir=str(work_dir),
-        file_system=file_system_of(work_dir), tandem_args=list(args.tandem_args))
+        file_system=file_system_of(work_dir), tandem_args=list(args.tandem_args),
+        nvram_dir=str(Path(args.nvram_dir).resolve()) if args.nvram_dir else None)
     try:
         outcomes = run_bench(settings, jobs, keep=args.keep)
     except BenchError as exc:

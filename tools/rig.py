@@ -47,14 +47,18 @@ GUEST_MODULES = ("configfs", "target_core_mod", "target_core_user", "tcm_loop",
 # Host directories that get a writable tmpfs overlay inside the guest.
 OVERLAY_DIRS = ("etc", "root", "home", "tmp", "var", "usr", "opt", "srv")
 
-# The firmware command inside the guest. Placeholders: {python} {run} {size} {repo}.
+# The firmware command inside the guest. Placeholders: {python} {run} (the run directory,
+# shared with the host) {scratch} (guest tmpfs) {size} {repo}.
 # Once `tandem run --tcmu` lands this becomes:
-#   {python} -m firmware.cli run --board sim --data-dir {run}/data --size {size}
+#   {python} -m firmware.cli run --board sim --data-dir {scratch}/data --size {size}
 #       --tcmu --tcm-loop --iscsi-portal 127.0.0.1:3260
-DEFAULT_FIRMWARE = ("{python} -m firmware.frontends.tcmu.service --image {run}/volume.img "
+DEFAULT_FIRMWARE = ("{python} -m firmware.frontends.tcmu.service --image {scratch}/volume.img "
                     "--size {size} --name tandem0 --tcm-loop --iscsi-portal 127.0.0.1:3260")
+# Guest-local scratch space (tmpfs): volume images live here, not on the 9p run directory.
+GUEST_SCRATCH = "/tmp/tandem-rig"
 DEFAULT_VOLUME_SIZE = "256M"
 READY_TIMEOUT = 120.0
+NOTIFY_GRACE = 30.0     # after this long without READY=1, a disk that answers will do
 
 
 class RigError(Exception):
@@ -214,11 +218,12 @@ for arg in $(cat /proc/cmdline); do
     case $arg in
         tandem.run=*) RUN=${arg#tandem.run=} ;;
         tandem.modules=*) MODULES=${arg#tandem.modules=} ;;
+        tandem.cache=*) CACHE=,cache=${arg#tandem.cache=} ;;
     esac
 done
 KV=$(cat /proc/sys/kernel/osrelease)
 P9=trans=virtio,version=9p2000.L,msize=512000,access=any
-mount -t 9p -o ro,$P9 hostroot /root || fail "cannot mount the host's / over 9p"
+mount -t 9p -o ro,$P9$CACHE hostroot /root || fail "cannot mount the host's / over 9p"
 mount -t tmpfs -o mode=755 tmpfs /upper
 for d in __OVERLAY_DIRS__; do
     [ -d /root/$d ] || continue
@@ -238,10 +243,11 @@ mount -t tmpfs tmpfs /root/dev/shm
 mount -t tmpfs tmpfs /root/run
 i=0
 while [ ! -e /dev/hvc0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-chroot /root /bin/bash $RUN/guest.sh </dev/null >/dev/hvc0 2>&1
-echo $? > /root$RUN/rc
-sync
-poweroff -f
+# switch_root, not chroot: the kernel's own module requests (crc32c for iSCSI digests,
+# say) run /sbin/modprobe in PID 1's root, which must be the host's tree.
+exec switch_root /root /bin/bash -c \
+    'bash "$0/guest.sh" </dev/null >/dev/hvc0 2>&1; echo $? > "$0/rc"; sync
+     echo o > /proc/sysrq-trigger; sleep 30' "$RUN"
 """
 
 
@@ -264,15 +270,14 @@ def ensure_initramfs(tree: KernelTree) -> Path:
     busybox = shutil.which("busybox")
     if busybox is None:
         raise RigError("busybox (busybox-static) is not installed")
-    if "statically linked" not in _run(["file", "-L", busybox]).stdout \
-            if shutil.which("file") else False:
+    if shutil.which("file") and "statically linked" not in _run(["file", "-L", busybox]).stdout:
         raise RigError(f"{busybox} is not statically linked (install busybox-static)")
     archive = Cpio()
     for directory in ("bin", "dev", "proc", "sys", "root", "upper", "modules"):
         archive.directory(directory)
     archive.char_device("dev/console", 5, 1)
     archive.file("bin/busybox", Path(busybox).read_bytes(), 0o755)
-    for applet in ("sh", "mount", "mkdir", "insmod", "cat", "chroot", "sleep", "sync",
+    for applet in ("sh", "mount", "mkdir", "insmod", "cat", "switch_root", "sleep", "sync",
                    "poweroff"):
         archive.symlink(f"bin/{applet}", "busybox")
     order = []
@@ -324,6 +329,9 @@ class VirtualRig:
     cpus: int = 2
     accel: str = "auto"
     timeout: float = 1200.0
+    # 9p caching of the read-only host tree: "loose" lets the guest keep file pages
+    # (Python's modules, the tools) instead of fetching them again on every start.
+    cache_mode: str | None = os.environ.get("TANDEM_RIG_9P_CACHE", "loose") or None
     cache: Path = CACHE_DIR
     run_dir: Path = field(init=False)
 
@@ -338,7 +346,8 @@ class VirtualRig:
         script.write_text(guest_script)
         append = " ".join((
             "console=ttyS0", "panic=-1", "quiet", "loglevel=4",
-            f"tandem.run={self.run_dir}", f"tandem.modules={self.tree.modules}"))
+            f"tandem.run={self.run_dir}", f"tandem.modules={self.tree.modules}",
+            *([f"tandem.cache={self.cache_mode}"] if self.cache_mode else [])))
         command = [
             "qemu-system-x86_64", "-M", "q35", *_accelerator(self.accel),
             "-m", self.memory, "-smp", str(self.cpus),
@@ -377,7 +386,8 @@ def guest_script(rig: VirtualRig, command: list[str], firmware: str | None,
     run = rig.run_dir
     lines = [
         "#!/bin/bash",
-        f"export PATH={shlex.quote(os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin'))}",
+        f"export PATH={shlex.quote(str(Path(python).parent))}:"
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         f"export HOME=/root LANG=C.UTF-8 TERM=dumb PYTHONDONTWRITEBYTECODE=1 "
         f"TANDEM_RIG_RUN={run}",
         "mount -t configfs configfs /sys/kernel/config 2>/dev/null || true",
@@ -385,19 +395,21 @@ def guest_script(rig: VirtualRig, command: list[str], firmware: str | None,
         "done",
         "mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config",
         "ip link set lo up",
+        f"mkdir -p {GUEST_SCRATCH} /run/lock",
         f"cd {shlex.quote(str(REPO))}",
         "echo \"rig: guest up after $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)\"",
     ]
     if firmware is not None:
         cmdline = firmware.format(python=shlex.quote(python), run=run, size=volume_size,
-                                  repo=REPO)
+                                  repo=REPO, scratch=GUEST_SCRATCH)
         ctl = f"{shlex.quote(python)} -m tools.rig guest-ctl"
         lines += [
             f"export TANDEM_RIG_FIRMWARE={shlex.quote(cmdline)}",
             f"export TANDEM_FIRMWARE_CTL={shlex.quote(ctl)}",
-            f"eval \"$({ctl} start --print-env)\" || "
+            f"devices=$({ctl} start --print-env) || "
             "{ echo 'rig: the firmware did not come up'; "
             f"tail -n 40 {run}/firmware.log; exit 124; }}",
+            "eval \"$devices\"",
         ]
     lines += [
         shlex.join(command),
@@ -464,25 +476,24 @@ class GuestFirmware:
         self.logfile = run_dir / "firmware.log"
 
     def pid(self) -> int | None:
+        """The firmware's pid while it runs (a zombie counts as ended: in the guest
+        nobody may reap it, because the process that started it has exited)."""
         try:
             pid = int(self.pidfile.read_text())
-        except (OSError, ValueError):
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return None if state in ("Z", "X") else pid
 
     def start(self, timeout: float = READY_TIMEOUT) -> dict[str, str]:
         if self.pid() is not None:
             raise RigError("the firmware is already running")
-        notify_path = self.run_dir / "notify.sock"
+        notify_path = Path("/run/tandem-rig-notify.sock")     # 9p cannot hold sockets
         notify_path.unlink(missing_ok=True)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
         started = time.monotonic()
-        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1")
         with open(self.logfile, "ab") as out:
             out.write(f"--- start {time.strftime('%H:%M:%S')}: {self.cmdline}\n".encode())
             out.flush()
@@ -501,6 +512,10 @@ class GuestFirmware:
                 except TimeoutError:
                     message = ""
                 if "READY=1" in message.split("\n"):
+                    ready = True
+                    break
+                if time.monotonic() - started > NOTIFY_GRACE and find_scsi_disk():
+                    # A firmware that does not speak sd_notify: ready once its disk answers.
                     ready = True
                     break
         finally:
@@ -528,15 +543,7 @@ class GuestFirmware:
         os.kill(pid, signum)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = 0
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    done = pid
-            if done == pid:
+            if self.pid() is None:
                 self.pidfile.unlink(missing_ok=True)
                 return True
             time.sleep(0.1)
@@ -659,7 +666,8 @@ def _add_rig_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--firmware", default=os.environ.get("TANDEM_RIG_FIRMWARE_CMD",
                                                              DEFAULT_FIRMWARE),
                         help="firmware command in the guest; placeholders {python} {run} "
-                             "{size} {repo} (default: the TCMU service over an image file)")
+                             "{scratch} {size} {repo} (default: the TCMU service over an "
+                             "image file)")
     parser.add_argument("--no-firmware", action="store_true",
                         help="do not start the firmware (bare kernel + modules)")
     parser.add_argument("--volume-size", default=DEFAULT_VOLUME_SIZE)
@@ -673,11 +681,7 @@ def _add_rig_options(parser: argparse.ArgumentParser) -> None:
                         help="skip the set-up check (kernel and initramfs must exist)")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("rig", help="run hil-tests on the virtual or a real rig",
-                                   description=__doc__.split("\n\n", 1)[1],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="rig_command", metavar="ACTION", required=True)
+def _add_actions(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("setup", help="fetch the kernel, build the initramfs (idempotent)")
     p.set_defaults(func=cmd_setup)
     p = sub.add_parser("test", help="run hil-tests/ on the rig")
@@ -690,19 +694,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_exec)
 
 
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("rig", help="run hil-tests on the virtual or a real rig",
+                                   description=__doc__.split("\n\n", 1)[1],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_actions(parser.add_subparsers(dest="rig_command", metavar="ACTION", required=True))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tools.rig ...`: the same commands, plus guest-ctl for inside the guest."""
+    """`python -m tools.rig setup|test|exec|guest-ctl` (guest-ctl runs inside the guest)."""
     parser = argparse.ArgumentParser(prog="python -m tools.rig")
     sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
+    _add_actions(sub)
     ctl = sub.add_parser("guest-ctl", help="(inside the guest) start|stop|kill the firmware")
     ctl.add_argument("action", choices=("start", "stop", "kill"))
     ctl.add_argument("--print-env", action="store_true",
                      help="after start, print the devices as shell exports")
     ctl.set_defaults(func=guest_ctl)
     args = parser.parse_args(argv)
-    if args.command == "rig":
-        return int(args.func(args) or 0)
     return int(args.func(args) or 0)
 
 

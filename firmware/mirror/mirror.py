@@ -242,6 +242,7 @@ class Mirror:
         self.state = MirrorState.DEGRADED
         self._queue.clear()
         self._queued_bytes = 0
+        self._on_progress()  # writers waiting for room may go on now
 
     async def _apply_batch(self) -> None:
         batch: list[_Op] = []
@@ -270,6 +271,10 @@ class Mirror:
                 second.pwrite(op.offset, op.data)
             else:
                 second.write_zeroes(op.offset, op.length, punch=op.punch)
+        # Durable on both sides before the record may let the regions go: a local disk
+        # with a volatile cache could otherwise lose, at a power cut, data the second
+        # medium keeps -- in a region the record no longer names.
+        self.local.flush()
         second.flush()
 
     async def _catch_up_pass(self) -> None:
@@ -316,4 +321,5 @@ class Mirror:
             length = min(1 << shift, size - offset)
             if length > 0:
                 self.second.pwrite(offset, self.local.pread(offset, length))
+        self.local.flush()  # what was copied must be durable locally too (see _write_batch)
         self.second.flush()

@@ -38,6 +38,10 @@ class RecordView(Protocol):
 
 
 class RecordPolicy(Protocol):
+    def attach(self, view: RecordView) -> None:
+        """The record this policy serves (called once, when the record is built)."""
+        ...
+
     def observe(self, offset: int, length: int) -> None:
         """Every write, hit or miss, in the order the host issued them."""
         ...
@@ -47,7 +51,12 @@ class RecordPolicy(Protocol):
         ...
 
     def victims(self, view: RecordView, need: int, protect: set[int]) -> list[int]:
-        """Up to ``need`` evictable regions to drop now to make room."""
+        """On a miss: evictable regions to drop in the same transaction.
+
+        At least ``need`` if it can (to make room within the capacity); more are
+        welcome — shedding clean regions with a miss's update costs nothing extra.
+        The record drops only regions that are evictable and not in ``protect``.
+        """
         ...
 
     def idle(self, view: RecordView, now: float) -> list[int]:
@@ -82,6 +91,9 @@ class SequentialLru:
         self.config = config or SequentialLruConfig()
         self._streams: OrderedDict[int, _Stream] = OrderedDict()
         self._last_stream: _Stream | None = None
+
+    def attach(self, view: RecordView) -> None:
+        pass
 
     def observe(self, offset: int, length: int) -> None:
         cfg = self.config

@@ -17,7 +17,7 @@ flight; that and the write-ahead order keep ARCHITECTURE.md's invariant.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 from firmware.record.layout import Geometry
@@ -81,6 +81,7 @@ class Record:
             self._seq = 1
             for region in initial_regions:
                 self._members[region] = _Region(now, last_seq=1)
+        self.policy.attach(self)
 
     # -- what policies and the status see ------------------------------------------
 
@@ -145,7 +146,7 @@ class Record:
         missing = [r for r in span if r not in members]
         self.policy.observe(offset, length)
         if missing:
-            self._admit(missing, offset, length, now)
+            self._admit(missing, span, offset, length, now)
         self._seq += 1
         seq = self._seq
         for region in span:
@@ -172,24 +173,24 @@ class Record:
             return oldest - 1
         return self._seq
 
-    def _admit(self, missing: list[int], offset: int, length: int, now: float) -> None:
+    def _admit(self, missing: list[int], span: range, offset: int, length: int,
+               now: float) -> None:
+        members = self._members
         predicted = self.policy.predict(self, offset, length)
-        add = missing + [r for r in predicted if r not in self._members]
-        evict: list[int] = []
-        if self.enforce_capacity:
-            over = len(self._members) + len(add) - self.capacity
-            if over > 0:
-                protect = set(missing)
-                evict = self.policy.victims(self, over, protect)
-                if len(evict) < over:
-                    # Not enough room for the guesses: admit only what the host wrote.
-                    add = missing
-                    over = len(self._members) + len(add) - self.capacity
-                    evict = evict[:max(over, 0)]
-                    if len(evict) < over:
-                        self.counters.waits += 1
-                        raise RecordFull(f"record holds {len(self._members)} regions, "
-                                         f"capacity {self.capacity}, none evictable")
+        add = list(dict.fromkeys(missing + [r for r in predicted if r not in members]))
+        need = max(0, len(members) + len(add) - self.capacity) if self.enforce_capacity else 0
+        protect = set(span)
+        # The policy may name more victims than needed: clean regions it wants gone, shed
+        # in this same transaction at no extra NVRAM update.
+        evict = self._checked_victims(self.policy.victims(self, need, protect), protect)
+        if len(evict) < need:
+            # Not enough room for the guesses: admit only what the host wrote.
+            add = missing
+            need = max(0, len(members) + len(add) - self.capacity)
+            if len(evict) < need:
+                self.counters.waits += 1
+                raise RecordFull(f"record holds {len(members)} regions, "
+                                 f"capacity {self.capacity}, none evictable")
         written = self.store.commit(add, evict)
         c = self.counters
         c.misses += 1
@@ -219,7 +220,7 @@ class Record:
 
     def tidy(self, now: float) -> int:
         """Evict quiet clean regions (one transaction); return how many left."""
-        quiet = self.policy.idle(self, now)
+        quiet = self._checked_victims(self.policy.idle(self, now), ())
         if not quiet:
             return 0
         written = self.store.commit((), quiet)
@@ -230,6 +231,10 @@ class Record:
         c.nvram_bytes_written += written
         c.idle_evictions += len(quiet)
         return len(quiet)
+
+    def _checked_victims(self, chosen: Iterable[int], protect: Collection[int]) -> list[int]:
+        """The policy's choice, keeping only regions that may leave (the invariant's rule)."""
+        return [r for r in dict.fromkeys(chosen) if r not in protect and self.evictable(r)]
 
     def evict_clean(self, limit: int | None = None) -> int:
         """Evict every evictable region now (one transaction), e.g. after a resync."""

@@ -159,7 +159,8 @@ class VolatileCacheMedium:
 
     def pread(self, offset: int, length: int) -> bytes:
         with self._lock:
-            self._enter("read", offset, length)
+            if self._enter("read", offset, length) is Cut.DURING:
+                self._power_lost("during read")
             return self._read(offset, length)
 
     def pwrite(self, offset: int, data: bytes | memoryview) -> None:

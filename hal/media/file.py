@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import stat
 import struct
+from typing import Any
 
 from hal.media.base import MediumError
 
@@ -17,14 +19,22 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 _DIRECT_ALIGN = 4096
 
 
-def _fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
-    """Linux fallocate(2) through libc; False where the file system does not support it."""
+@functools.cache
+def _libc() -> Any:
+    # Once per process: find_library runs `ldconfig -p` in a subprocess on every call.
     import ctypes
     import ctypes.util
 
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if libc.fallocate(fd, mode, offset, length) == 0:
+    return libc
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> bool:
+    """Linux fallocate(2) through libc; False where the file system does not support it."""
+    import ctypes
+
+    if _libc().fallocate(fd, mode, offset, length) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EOPNOTSUPP, errno.ENOSYS):

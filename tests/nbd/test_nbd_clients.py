@@ -167,8 +167,9 @@ def test_libnbd_many_requests_in_flight(nbd_server):
     blocks = {i: os.urandom(4096) for i in range(256)}
     cookies = [handle.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(d)), i * 8192)
                for i, d in blocks.items()]
-    while not all(handle.aio_command_completed(c) for c in cookies):
+    while handle.aio_in_flight() > 0:
         handle.poll(-1)
+    assert all(handle.aio_command_completed(c) for c in cookies)
     for i, d in blocks.items():
         assert handle.pread(4096, i * 8192) == d
     handle.shutdown()
@@ -242,11 +243,13 @@ def test_fio_random_writes_verified(nbd_server):
     result = run("fio", "--name=verify", "--ioengine=nbd", f"--uri={nbd_server.uri}",
                  "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=16m",
                  "--runtime=2", "--time_based", "--verify=crc32c", "--verify_fatal=1",
+                 "--verify_state_save=0",
                  "--output-format=json")
     report = json.loads(result.stdout[result.stdout.index("{"):])
     job = report["jobs"][0]
     assert job["error"] == 0
     assert job["write"]["io_bytes"] > 0
+    assert job["read"]["io_bytes"] > 0  # the verification reads
 
 
 # -- garbage on the port ------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from tests.nbd.nbd_wire import (
     EIO,
     ENOSPC,
     EPERM,
+    ESHUTDOWN,
     FLAG_FUA,
     OPT_EXPORT_NAME,
     OPT_GO,
@@ -459,5 +460,25 @@ def test_go_is_required_before_requests():
         await client.reader.readexactly(18)
         client.send(client_flags() + request(CMD_READ, 1, 0, 512))
         assert await client.closed_by_server()  # the request is not an option
+
+    run(test)
+
+
+def test_close_refuses_requests_not_yet_started_with_eshutdown(monkeypatch):
+    monkeypatch.setattr(nbd_server, "MAX_REQUESTS_IN_FLIGHT", 1)
+
+    async def test(server, target):
+        target.gates[0] = asyncio.Event()
+        client = await RawClient.connect(server.port)
+        client.send(write(1, 0, b"q" * 512) + write(2, 512, b"r" * 512))
+        await until(lambda: target.waiting == 1)
+        await asyncio.sleep(0.05)  # the second request has arrived and waits its turn
+        closing = asyncio.create_task(server.close())
+        reply = await client.reply()
+        assert (reply.handle, reply.error) == (2, ESHUTDOWN)
+        target.gates[0].set()
+        assert (await client.reply()).handle == 1
+        assert await client.closed_by_server()
+        await closing
 
     run(test)

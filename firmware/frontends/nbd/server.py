@@ -22,12 +22,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
 from firmware.frontends.nbd.protocol import (
     Disconnect,
-    Event,
     Export,
     FlushRequest,
     InvalidRequest,
@@ -55,6 +54,9 @@ WRITE_BUFFER_HIGH = 8 * 1024 * 1024
 WRITE_BUFFER_LOW = 1024 * 1024
 OUTPUT_BATCH = 256 * 1024
 HANDSHAKE_TIMEOUT = 60.0
+# Once a target coroutine suspends, this many requests go straight to Tasks before
+# driving by hand is tried again (it costs a little on every step of a suspended request).
+SKIP_HAND_DRIVING_AFTER_SUSPENSION = 32
 
 _NBD_ERROR_FOR_ERRNO: dict[int, int] = {
     errno.EPERM: NbdError.EPERM,
@@ -145,6 +147,9 @@ class NbdConnection(asyncio.Protocol):
         self._hold = False  # stop taking events from the core (any of the above)
         self._reading_paused = False
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._straight_to_task = 0
+        self._reply_ok_bound: _Completion = self._reply_ok  # bound once, used per request
+        self._reply_read_bound: _Completion = self._reply_read
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self._handlers: dict[type, Callable[[Any], None]] = {
             WriteRequest: self._on_write,
@@ -192,7 +197,7 @@ class NbdConnection(asyncio.Protocol):
         self._out_size = 0
         self._cancel_handshake_timer()
         self._server._connections.discard(self)
-        if not self._tasks and not self.closed.done():
+        if not self._requests_in_flight and not self.closed.done():
             self.closed.set_result(None)
 
     def pause_writing(self) -> None:
@@ -245,26 +250,26 @@ class NbdConnection(asyncio.Protocol):
 
     def _on_write(self, event: WriteRequest) -> None:
         self._run(event, self._target.write(event.offset, event.data, event.fua),
-                  self._reply_ok, len(event.data))
+                  self._reply_ok_bound, len(event.data))
 
     def _on_read(self, event: ReadRequest) -> None:
         self._run(event, self._target.read(event.offset, event.length),
-                  self._reply_read, event.length)
+                  self._reply_read_bound, event.length)
 
     def _on_flush(self, event: FlushRequest) -> None:
-        self._run(event, self._target.flush(), self._reply_ok, 0)
+        self._run(event, self._target.flush(), self._reply_ok_bound, 0)
 
     def _on_trim(self, event: TrimRequest) -> None:
         if event.fua:
             coro = _trim_then_flush(self._target, event.offset, event.length)
         else:
             coro = self._target.trim(event.offset, event.length)
-        self._run(event, coro, self._reply_ok, 0)
+        self._run(event, coro, self._reply_ok_bound, 0)
 
     def _on_write_zeroes(self, event: WriteZeroesRequest) -> None:
         coro = self._target.write_zeroes(event.offset, event.length, fua=event.fua,
                                          may_trim=not event.no_hole)
-        self._run(event, coro, self._reply_ok, 0)
+        self._run(event, coro, self._reply_ok_bound, 0)
 
     def _on_invalid(self, event: InvalidRequest) -> None:
         log.debug("%s: refused request %#x: %s", self._peer, event.handle, event.reason)
@@ -278,6 +283,7 @@ class NbdConnection(asyncio.Protocol):
     def _on_violation(self, event: ProtocolViolation) -> None:
         log.warning("%s: protocol violation, disconnecting: %s", self._peer, event.reason)
         self._hold = True
+        self._queue(self._core.data_to_send())  # option replies that came before it
         self._flush()
         if self._transport is not None:
             self._transport.close()
@@ -298,17 +304,22 @@ class NbdConnection(asyncio.Protocol):
         """Take no more requests; close once the outstanding ones are answered."""
         self._finishing = True
         self._update_hold()
-        if not self._tasks:
-            self._flush()
-            if self._transport is not None:
-                self._transport.close()
+        self._flush()
+        if not self._requests_in_flight and self._transport is not None:
+            self._transport.close()
 
     # -- running requests on the target --------------------------------------------
 
     def _run(self, event: Any, coro: Coroutine[Any, Any, Any], complete: _Completion,
              cost: int) -> None:
-        # Drive the coroutine by hand first: most complete without suspending, and then
-        # no Task (and no extra loop iterations) is needed.
+        if self._straight_to_task:
+            # The target has been suspending lately: trying it by hand would only add a
+            # layer to every step of the Task.
+            self._straight_to_task -= 1
+            self._start_task(event, coro, complete, cost)
+            return
+        # Drive the coroutine by hand first: if it completes without suspending, no Task
+        # (and no extra trip round the event loop) is needed.
         try:
             yielded = coro.send(None)
         except StopIteration as stop:
@@ -317,18 +328,24 @@ class NbdConnection(asyncio.Protocol):
         except Exception as exc:  # every failure becomes an NBD error
             self._reply_failure(event, exc)
             return
+        self._straight_to_task = SKIP_HAND_DRIVING_AFTER_SUSPENSION
+        self._start_task(event, _Resume(coro, yielded), complete, cost)
+
+    def _start_task(self, event: Any, awaitable: Awaitable[Any], complete: _Completion,
+                    cost: int) -> None:
         self._requests_in_flight += 1
         self._bytes_in_flight += cost
-        task = self._loop.create_task(self._finish_later(event, coro, yielded, complete, cost))
+        task = self._loop.create_task(self._finish_later(event, awaitable, complete, cost))
         self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         if (self._requests_in_flight >= MAX_REQUESTS_IN_FLIGHT
                 or self._bytes_in_flight >= MAX_BYTES_IN_FLIGHT):
             self._update_hold()
 
-    async def _finish_later(self, event: Any, coro: Coroutine[Any, Any, Any], yielded: Any,
-                            complete: _Completion, cost: int) -> None:
+    async def _finish_later(self, event: Any, awaitable: Awaitable[Any], complete: _Completion,
+                            cost: int) -> None:
         try:
-            result = await _Resume(coro, yielded)
+            result = await awaitable
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -338,17 +355,16 @@ class NbdConnection(asyncio.Protocol):
         finally:
             self._requests_in_flight -= 1
             self._bytes_in_flight -= cost
-            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._after_completion()
 
     def _after_completion(self) -> None:
         if self._lost:
-            if not self._tasks and not self.closed.done():
+            if not self._requests_in_flight and not self.closed.done():
                 self.closed.set_result(None)
             return
         if self._finishing:
             self._flush()
-            if not self._tasks and self._transport is not None:
+            if not self._requests_in_flight and self._transport is not None:
                 self._transport.close()
             return
         if not self._flush_scheduled:
@@ -360,7 +376,9 @@ class NbdConnection(asyncio.Protocol):
                 self._process()
 
     def _reply_ok(self, event: Any, _result: object) -> None:
-        self._queue(self._core.send_ok(event.handle))
+        reply = self._core.send_ok(event.handle)
+        self._out.append(reply)
+        self._out_size += len(reply)
 
     def _reply_read(self, event: ReadRequest, data: bytes) -> None:
         if len(data) != event.length:
@@ -415,13 +433,24 @@ class NbdConnection(asyncio.Protocol):
     # -- server shutdown -----------------------------------------------------------
 
     def shut_down(self) -> None:
-        """Stop taking requests, answer the outstanding ones, then close."""
+        """Stop taking requests, answer the outstanding ones, then close.
+
+        Requests received but not yet started are refused with ESHUTDOWN, which tells
+        the client to disconnect (proto.md, "Terminating the transmission phase").
+        """
         if self._lost:
             return
         if self._handshaking:
             if self._transport is not None:
                 self._transport.close()
             return
+        self._finishing = True
+        core = self._core
+        while (event := core.next_event()) is not None:
+            handle = getattr(event, "handle", None)
+            if handle is None:
+                break  # the client's end of the session: nothing more to answer
+            self._queue(core.send_error(handle, NbdError.ESHUTDOWN, "server is shutting down"))
         self._finish()
 
 
@@ -489,4 +518,4 @@ async def serve_nbd(target: BlockTarget, host: str, port: int, export_name: str 
     return server
 
 
-__all__ = ["NbdConnection", "NbdServer", "serve_nbd", "nbd_error", "Event"]
+__all__ = ["NbdConnection", "NbdServer", "nbd_error", "serve_nbd"]

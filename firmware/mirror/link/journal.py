@@ -15,6 +15,7 @@ is written from offset 0; bytes after the commit record are stale and ignored.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -62,6 +63,10 @@ class EpochJournal:
         self._pos = 0
         self._count = 0
         self._hash = hashlib.blake2b()
+
+    def lock(self) -> None:
+        """Claim the copy for this process; BlockingIOError if another holds it."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def begin(self) -> None:
         """Start a new epoch at the beginning of the file."""

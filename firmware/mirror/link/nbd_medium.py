@@ -7,9 +7,9 @@ A site without Tandem can be a mirror target this way. There are no epochs:
 the export sees the writes of a run in order and flush() makes them durable,
 but a link cut in the middle of a run leaves part of the run on the export
 (so the copy is only crash-consistent at flush points; the mirror re-sends the
-run's regions from its record). Failure handling is the same as RemoteMedium's:
-after the connection dies every call raises MediumError until flush() ends the
-run (raising too); the call after that reconnects.
+run's regions from its record). Failures are reported as by RemoteMedium: once
+the connection dies, the next pwrite/write_zeroes/flush raises MediumError
+(the writes since the last flush may be lost), and the call after it reconnects.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class NbdMedium:
         try:
             handle.connect_uri(self._uri)
         except nbd.Error as exc:
-            raise MediumError(exc.errno or errno.ECONNREFUSED,
+            raise MediumError(_errno(exc, errno.ECONNREFUSED),
                               f"{self._name}: cannot connect: {exc.string}") from None
         return handle
 
@@ -71,11 +71,10 @@ class NbdMedium:
         with self._lock:
             if self._closed:
                 raise MediumError(errno.EBADF, f"{self._name}: closed")
-            run_open = self._unflushed
-            if writes:  # joins the open run even if it fails: the run owes a flush
-                self._unflushed = True
             if self._dead is not None:
-                if run_open:
+                if self._unflushed:  # accepted writes may be lost: say so once, on a write
+                    if writes:
+                        self._unflushed = False
                     raise MediumError(self._dead.errno, self._dead.strerror)
                 self._handle = self._connect()
                 self._dead = None
@@ -83,12 +82,16 @@ class NbdMedium:
         try:
             result = op(handle)
         except nbd.Error as exc:
-            error = MediumError(exc.errno or errno.EIO, f"{self._name}: {exc.string}")
+            error = MediumError(_errno(exc, errno.EIO), f"{self._name}: {exc.string}")
             if handle.aio_is_dead() or handle.aio_is_closed():
                 with self._lock:
                     if self._handle is handle and self._dead is None:
                         self._dead = error
+                    if writes:
+                        self._unflushed = False  # this error is the report
             raise error from None
+        if writes:
+            self._unflushed = True
         return result
 
     def _check(self, offset: int, length: int) -> None:
@@ -147,3 +150,9 @@ class NbdMedium:
         except nbd.Error:
             pass
         del self._handle
+
+
+def _errno(exc: nbd.Error, default: int) -> int:
+    """libnbd's numeric errno (``exc.errno`` is its name, such as "ENOSPC")."""
+    number = getattr(exc, "errnum", None)
+    return number if isinstance(number, int) and number > 0 else default

@@ -21,7 +21,6 @@ import ssl
 import stat
 import sys
 
-from firmware.mirror.link.file_medium import open_file_medium
 from firmware.mirror.link.frames import (
     ChangeState,
     CommitEpoch,
@@ -42,6 +41,7 @@ from firmware.mirror.link.journal import EpochJournal
 from firmware.mirror.link.net import parse_host_port, server_tls_context, set_keepalive
 from firmware.mirror.link.replica import Replica, StaleSession
 from hal.media.base import MediumError
+from hal.media.file import FileMedium
 
 log = logging.getLogger("tandem.link.receiver")
 
@@ -170,7 +170,7 @@ class _Session:
     async def _perform(self, action: object) -> None:
         if isinstance(action, Stage):
             self._staged.append(action.op)
-            self._staged_bytes += len(action.op.data) if isinstance(action.op, Write) else 64
+            self._staged_bytes += 64 + (len(action.op.data) if isinstance(action.op, Write) else 0)
             if self._staged_bytes >= STAGE_BATCH:
                 await self._stage_now()
             return
@@ -311,7 +311,15 @@ def run(args: argparse.Namespace) -> int:
     state_file = StateFile(args.state or args.medium + ".tandem-state")
     journal = EpochJournal(args.journal or args.medium + ".tandem-journal")
     try:
-        medium = open_file_medium(args.medium, size=args.size, create=args.size is not None)
+        journal.lock()
+    except BlockingIOError:
+        print(f"tandem receive: {args.medium} is in use by another tandem receive",
+              file=sys.stderr)
+        journal.close()
+        return 1
+    try:
+        create = args.size is not None and not os.path.exists(args.medium)
+        medium = FileMedium(args.medium, args.size if create else None, create=create)
         replica = Replica(medium, state_file, journal)
     except (OSError, ValueError) as exc:
         print(f"tandem receive: {exc}", file=sys.stderr)

@@ -5,11 +5,14 @@ flush(). The run is one epoch: flush() closes it with a BARRIER and returns
 once the receiver has applied the whole epoch and flushed its medium. So the
 remote copy is always the image of the local volume at the end of some run.
 
-Failures: when the link breaks, the writes of the open run are lost on the far
-side, so every call raises MediumError until the run is ended with flush()
-(which raises too); the call after that reconnects. A flush() that returns
-therefore covers every write since the previous flush(), all sent over one
-connection. A call made with no run open reconnects at once.
+Failures are reported once, like Linux reports a write-back error to fsync:
+when the link breaks, the writes accepted since the last flush() are lost on
+the far side (the receiver drops an epoch without its barrier), and the next
+pwrite/write_zeroes/flush raises MediumError. That ends the run; the call after
+it reconnects. So a flush() that returns covers every write since the previous
+flush() unless an error was raised in between — a caller must treat any error
+as the loss of its run (the mirror keeps the run's regions in its record).
+pread/digests never consume that report: they raise while it is pending.
 
 The link runs on a private asyncio loop in a daemon thread; callers never
 touch sockets. Outgoing frames queue up to ``max_queued`` bytes (then pwrite
@@ -20,14 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import errno
 import os
 import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,7 +55,7 @@ from firmware.mirror.link.generations import (
     SyncState,
 )
 from firmware.mirror.link.net import set_keepalive
-from hal.media.base import MediumError
+from hal.media.base import Medium, MediumError
 
 READ_SIZE = 1024 * 1024
 PACE_SLICE = 64 * 1024  # bytes sent at a time when a rate cap is set
@@ -118,6 +120,16 @@ class RemoteMedium:
                  timeout: float = 30.0, connect_timeout: float = 10.0,
                  max_queued: int = 32 * 1024 * 1024,
                  on_connect: Callable[[Handshake], None] | None = None) -> None:
+        """Nothing connects until the first call (or connect()).
+
+        ``state``: where the appliance keeps its volume uuid and generations — pass a
+        persistent store (generations.StateFile beside the local image, or NVRAM); the
+        default forgets them, so a restarted appliance looks like another volume to the
+        receiver and is refused. ``size``: the volume's; the remote medium may be larger.
+        ``timeout``: seconds without any progress on the link before it counts as dead.
+        ``on_connect``: told each new session's Handshake (its decision: full sync,
+        resync...) from inside the call that connected; it must not call the medium.
+        """
         if not key:
             raise ValueError("empty link key")
         self._host = host
@@ -135,7 +147,7 @@ class RemoteMedium:
         self._ops = threading.Lock()  # one public call at a time puts frames on the link
         self._cond = threading.Condition()  # guards link queues and futures (both threads)
         self._link: _Link | None = None
-        self._unflushed = False  # writes queued since the last flush() returned or raised
+        self._unflushed = False  # writes accepted since the last flush() or error report
         self._closed = False
         self.handshake: Handshake | None = None
         self.acked_epochs = 0
@@ -157,32 +169,35 @@ class RemoteMedium:
 
     def pwrite(self, offset: int, data: bytes) -> None:
         self._check_range(offset, len(data))
-        with self._ops, self._run_write():
-            link = self._usable_link()
+        with self._ops:
+            link = self._usable_link(report=True)
             self._wait_for_room(link)
             with self._cond:
-                self._raise_if_failed(link)
+                self._raise_if_failed(link, report=True)
                 link.machine.write(offset, data)
                 self._enqueue(link)
+                self._unflushed = True
 
     def write_zeroes(self, offset: int, length: int, punch: bool = False) -> None:
         self._check_range(offset, length)
-        with self._ops, self._run_write():
-            link = self._usable_link()
+        with self._ops:
+            link = self._usable_link(report=True)
             with self._cond:
-                self._raise_if_failed(link)
+                self._raise_if_failed(link, report=True)
                 link.machine.write_zeroes(offset, length, punch)
                 self._enqueue(link)
+                self._unflushed = True
 
     def flush(self) -> None:
         """Close the epoch; return once the receiver has it applied and durable."""
         with self._ops:
+            if self._closed:
+                raise MediumError(errno.EBADF, f"{self.name}: closed")
             if not self._unflushed:
                 return  # every earlier epoch was acknowledged before its flush() returned
             self._unflushed = False
             link = self._link
-            if link is None:  # a write of this run failed before it reached any link
-                raise MediumError(errno.ENOTCONN, f"{self.name}: not connected")
+            assert link is not None  # _unflushed implies a link that accepted writes
             with self._cond:
                 self._raise_if_failed(link)
                 epoch = link.machine.barrier()
@@ -299,15 +314,18 @@ class RemoteMedium:
             raise MediumError(errno.EINVAL, f"{self.name}: {offset}+{length} beyond "
                                             f"{self._size} bytes")
 
-    def _usable_link(self) -> _Link:
-        """The live link; reconnects unless a run lost writes on a broken one."""
+    def _usable_link(self, report: bool = False) -> _Link:
+        """The live link; reconnects, unless lost writes are still to be reported.
+
+        ``report``: this call is on the write path and may deliver that report.
+        """
         if self._closed:
             raise MediumError(errno.EBADF, f"{self.name}: closed")
         link = self._link
         if link is not None and link.failure is None:
             return link
         if link is not None and self._unflushed:
-            raise _copy(link.failure)
+            self._raise_if_failed(link, report)
         self._link = None
         future = asyncio.run_coroutine_threadsafe(self._open(), self._loop)
         link = future.result()
@@ -317,16 +335,10 @@ class RemoteMedium:
             self._on_connect(link.handshake)
         return link
 
-    @contextlib.contextmanager
-    def _run_write(self) -> Iterator[None]:
-        """A write joins the open run whether it is queued or fails: the run owes a flush."""
-        try:
-            yield
-        finally:
-            self._unflushed = True
-
-    def _raise_if_failed(self, link: _Link) -> None:
+    def _raise_if_failed(self, link: _Link, report: bool = False) -> None:
         if link.failure is not None:
+            if report:
+                self._unflushed = False  # reported: the caller knows its run is lost
             raise _copy(link.failure)
 
     def _enqueue(self, link: _Link) -> None:
@@ -354,7 +366,7 @@ class RemoteMedium:
 
     def _wait(self, link: _Link, future: concurrent.futures.Future[Any]) -> Any:
         """The future's result; fails the link if nothing moves on it for a timeout."""
-        seen = -1
+        seen = link.progress
         while True:
             try:
                 return future.result(timeout=self._timeout)
@@ -566,3 +578,32 @@ async def _drain_quietly(writer: asyncio.StreamWriter) -> None:
             await writer.drain()
     except (TimeoutError, OSError):
         pass
+
+
+def open_remote(remote: str, *, size: int, key_file: str | None = None,
+                state: StateStore | None = None, tls_ca: str | None = None,
+                tls: bool = False, rate_limit: float | None = None) -> Medium:
+    """The second medium named by `tandem run --remote`: ``HOST:PORT`` or an NBD URI.
+
+    ``HOST:PORT`` is a `tandem receive` (needs ``key_file``; TLS if ``tls`` or
+    ``tls_ca``); ``nbd://``, ``nbds://``, ``nbd+unix://``... is any NBD export.
+    """
+    if remote.startswith("nbd"):
+        from firmware.mirror.link.nbd_medium import NbdMedium
+
+        medium = NbdMedium(remote)
+        if medium.size < size:
+            medium.close()
+            raise MediumError(errno.ENOSPC, f"{remote}: {medium.size} bytes, the volume "
+                                            f"needs {size}")
+        return medium
+    from firmware.mirror.link.net import client_tls_context, parse_host_port
+
+    if not key_file:
+        raise ValueError("--remote HOST:PORT needs --key-file")
+    with open(key_file, "rb") as f:
+        key = f.read()
+    host, port = parse_host_port(remote)
+    context = client_tls_context(tls_ca) if (tls or tls_ca) else None
+    return RemoteMedium(host, port, key, size, state=state, tls=context,
+                        rate_limit=rate_limit)

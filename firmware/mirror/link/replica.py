@@ -86,7 +86,7 @@ class Replica:
                 self._journal.append(op)
                 if not self._spilled:
                     self._staged.append(op)
-                    self._staged_bytes += len(op.data) if isinstance(op, Write) else 64
+                    self._staged_bytes += 64 + (len(op.data) if isinstance(op, Write) else 0)
                     if self._staged_bytes > self._stage_memory:
                         self._spilled = True
                         self._staged = []
