@@ -26,9 +26,10 @@ from typing import Any
 from board import load_profile
 from firmware.mirror.mirror import Mirror, MirrorConfig
 from firmware.record.layout import Geometry, LayoutError, new_volume_uuid
-from firmware.record.policy import SequentialLru
+from firmware.record.policy import DEFAULT_POINT, POINTS, RecordPolicy, SequentialLru, make_policy
 from firmware.record.record import Record
 from firmware.record.store import NvramRecordStore
+from firmware.volume.group_commit import GroupCommitStore
 from firmware.volume.volume import Volume
 from hal.media.base import Medium
 from hal.media.file import open_medium
@@ -69,6 +70,7 @@ class Settings:
     console_pty: bool | None = None
     mirror_queue: int = 64 << 20
     idle_evict_s: float | None = 2.0
+    point: str = DEFAULT_POINT  # record policy: an operating point, or "sequential-lru"
     tidy_interval_s: float = 0.5
     read_only: bool = False
     tcmu: bool = False
@@ -76,6 +78,13 @@ class Settings:
     iscsi_portal: str | None = None
     iscsi_iqn: str | None = None
     tcmu_name: str = "tandem"
+    # The second medium at another site instead of the profile's (issue 6): a
+    # `tandem receive` at HOST:PORT (needs key_file) or an NBD URI.
+    remote: str | None = None
+    key_file: str | None = None
+    rate_limit: int | None = None  # bytes/s on the link
+    tls: bool = False
+    tls_ca: str | None = None
 
 
 @dataclass
@@ -112,7 +121,18 @@ class Appliance:
         media_specs = self.profile["media"]
         existed = {role: _exists(spec) for role, spec in media_specs.items()}
         self.local: Medium = open_medium(media_specs["local"], default_size=size)
-        self.second: Medium = open_medium(media_specs["second"], default_size=self.local.size)
+        if s.remote:
+            from firmware.mirror.link.remote_medium import open_second_medium
+
+            # The connect decision says whether a receiver holds our data; an NBD
+            # export may hold anything, so it counts as existing (full copy if in doubt).
+            existed["second"] = s.remote.startswith("nbd")
+            self.second: Medium = open_second_medium(
+                s.remote, size=self.local.size, data_dir=s.data_dir,
+                volume_created=not existed["local"], key_file=s.key_file, tls=s.tls,
+                tls_ca=s.tls_ca, rate_limit=s.rate_limit)
+        else:
+            self.second = open_medium(media_specs["second"], default_size=self.local.size)
         if self.second.size < self.local.size:
             raise SystemExit(f"tandem: second medium {self.second.name} ({self.second.size} B) "
                              f"is smaller than the local one ({self.local.size} B)")
@@ -124,9 +144,18 @@ class Appliance:
         geometry, regions, report = self._recover_record(region_size, fresh)
         self.geometry = geometry
         self.startup = report
-        policy = SequentialLru()
-        policy.config.idle_evict_s = s.idle_evict_s
-        self.record = Record(geometry, self.store, capacity_regions=max(1, budget // region_size),
+        policy: RecordPolicy
+        if s.point == "sequential-lru":
+            policy = SequentialLru()
+            policy.config.idle_evict_s = s.idle_evict_s
+        else:
+            policy = make_policy(s.point)
+        nvram_spec = self.profile["nvram"]
+        # A worker thread only pays off where an NVRAM write waits on a host disk.
+        slow_nvram = nvram_spec.get("kind") == "file" and nvram_spec.get("sync", True) \
+            in (True, False)
+        self.commits = GroupCommitStore(self.store, inline=not slow_nvram)
+        self.record = Record(geometry, self.commits, capacity_regions=max(1, budget // region_size),
                              policy=policy, initial_regions=regions, now=time.monotonic())
 
     def _recover_record(self, region_size: int, fresh: bool
@@ -178,7 +207,8 @@ class Appliance:
                              MirrorConfig(queue_limit_bytes=self.settings.mirror_queue),
                              on_progress=lambda: self.volume.room_made())
         self.volume = Volume(self.local, self.record, self.mirror,
-                             read_only=self.settings.read_only)
+                             read_only=self.settings.read_only, commits=self.commits)
+        self.commits.start()
         self.mirror.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._tidy(), name="tidy"))
         s = self.settings
@@ -206,7 +236,11 @@ class Appliance:
             tcp = (host or "127.0.0.1", int(port))
         pty = spec.get("pty", False) if self.settings.console_pty is None \
             else self.settings.console_pty
-        self.console = ConsoleServer(console_commands(self), tcp=tcp, pty=pty,
+        from firmware.mirror.commands import register_mirror_commands
+
+        table = console_commands(self)
+        register_mirror_commands(table, lambda: self.mirror)  # verify, link
+        self.console = ConsoleServer(table, tcp=tcp, pty=pty,
                                      serial_device=spec.get("device"),
                                      baudrate=int(spec.get("baudrate", 115200)))
         await self.console.start()
@@ -233,8 +267,8 @@ class Appliance:
         await self.mirror.close()
         with contextlib.suppress(OSError):
             self.local.flush()
-            self.record.evict_clean()
-            self.record.flush()
+            self.record.evict_clean()  # what is mirrored needs no resync at next start
+        await self.commits.close()
         self.local.close()
         self.second.close()
         self.nvram.close()
@@ -255,13 +289,16 @@ class Appliance:
             "record_capacity_regions": record.capacity,
             "hits": c.hits,
             "misses": c.misses,
-            "nvram_updates": c.nvram_updates,
-            "nvram_bytes_written": c.nvram_bytes_written,
+            # NVRAM transactions as written (group commit: concurrent misses share one)
+            "nvram_updates": self.commits.transactions,
+            "nvram_bytes_written": self.commits.bytes_written,
+            "record_updates": c.nvram_updates,
             "evictions": c.evictions,
             "idle_evictions": c.idle_evictions,
             "waits": c.waits,
             "predicted_added": c.predicted_added,
-            "upd_per_kw": round(1000 * c.nvram_updates / writes, 2) if writes else 0.0,
+            "record_point": self.settings.point,
+            "upd_per_kw": round(1000 * self.commits.transactions / writes, 2) if writes else 0.0,
         }
         out.update(self.mirror.status())
         out["nbd_connections"] = self.nbd_server.connections if self.nbd_server else 0
@@ -340,8 +377,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-console-pty", action="store_true", help="no console pty on sim")
     p.add_argument("--mirror-queue", type=parse_size, default=64 << 20,
                    help="bytes of writes queued for the mirror before it copies by region")
+    p.add_argument("--point", default=DEFAULT_POINT,
+                   choices=[*POINTS, "sequential-lru"],
+                   help="record policy: an operating point (docs/record-policy.md), or the "
+                        "simple sequential-lru policy (default: %(default)s)")
     p.add_argument("--idle-evict", type=float, default=2.0,
-                   help="seconds a clean region stays in the record unwritten (<0: never)")
+                   help="sequential-lru: seconds a clean region stays in the record "
+                        "unwritten (<0: never)")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--tcmu", action="store_true",
                    help="also export the volume through LIO/TCMU (needs configfs, root)")
@@ -349,6 +391,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iscsi-portal", help="with --tcmu: iSCSI portal HOST:PORT")
     p.add_argument("--iscsi-iqn", help="with --tcmu: iSCSI target IQN")
     p.add_argument("--tcmu-name", default="tandem", help="LIO storage object name")
+    p.add_argument("--remote", metavar="HOST:PORT|nbd://...",
+                   help="mirror to a `tandem receive` at HOST:PORT, or to any NBD export, "
+                        "instead of the board's second medium")
+    p.add_argument("--key-file", help="with --remote HOST:PORT: the link's shared secret "
+                                      "(the file's whole content)")
+    p.add_argument("--rate-limit", type=parse_size, metavar="BYTES",
+                   help="with --remote: most bytes per second on the link (e.g. 20M)")
+    p.add_argument("--tls", action="store_true",
+                   help="with --remote HOST:PORT: TLS, verified against the system's CAs")
+    p.add_argument("--tls-ca", metavar="FILE",
+                   help="with --remote HOST:PORT: TLS, verified against this CA file")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_run)
 
@@ -363,9 +416,14 @@ def _run(args: argparse.Namespace) -> int:
         nbd_host=host or "127.0.0.1", nbd_port=int(port), export=args.export,
         console_tcp=args.console_tcp, console_pty=False if args.no_console_pty else None,
         mirror_queue=args.mirror_queue,
-        idle_evict_s=None if args.idle_evict < 0 else args.idle_evict,
+        idle_evict_s=None if args.idle_evict < 0 else args.idle_evict, point=args.point,
         read_only=args.read_only, tcmu=args.tcmu, tcm_loop=args.tcm_loop,
-        iscsi_portal=args.iscsi_portal, iscsi_iqn=args.iscsi_iqn, tcmu_name=args.tcmu_name)
+        iscsi_portal=args.iscsi_portal, iscsi_iqn=args.iscsi_iqn, tcmu_name=args.tcmu_name,
+        remote=args.remote, key_file=args.key_file, rate_limit=args.rate_limit,
+        tls=args.tls, tls_ca=args.tls_ca)
+    if settings.remote and not settings.remote.startswith("nbd") and not settings.key_file:
+        print("tandem: --remote HOST:PORT needs --key-file", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(_serve(settings))
     except (LayoutError, OSError) as exc:

@@ -15,9 +15,11 @@ import sys
 SUBCOMMAND_MODULES = (
     "firmware.app",
     "tools.console_client",
+    "tools.replay",
     "firmware.mirror.link.receiver",
     "tools.benchmark",
     "tools.torture",
+    "tools.rig",
 )
 
 

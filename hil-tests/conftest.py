@@ -6,6 +6,9 @@ They find the appliance through the environment the rig sets up:
     TANDEM_ISCSI_URL      iscsi://HOST:PORT/IQN/LUN of the volume
     TANDEM_FIRMWARE_CTL   a command taking start|stop|kill (for the crash tests)
     TANDEM_RIG_RUN        a directory for results worth keeping (optional)
+    TANDEM_MIRROR_CHECK   a shell command that waits for the mirror to drain and exits 0
+                          when it holds the volume's bytes (optional)
+    TANDEM_RIG_VIRTUAL    1 on the virtual rig (tests that start extra exports need it)
 
 A test whose variable is missing is skipped, so the same files run against a
 board that exports only iSCSI, say.

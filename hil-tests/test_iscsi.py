@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -46,24 +47,49 @@ def test_iscsi_test_cu_family(iscsi_url, results_dir, family):
     assert failed == 0, "\n".join(failures[:40])
 
 
+def test_outcomes(output: str) -> list[tuple[str, str, str]]:
+    """(test, passed|skipped|FAILED, first message) for each test in one family's output."""
+    outcomes = []
+    blocks = re.split(r"^  Test: ", output, flags=re.MULTILINE)[1:]
+    for block in blocks:
+        block = block.split("Run Summary:")[0]
+        name, _, rest = block.partition(" ...")
+        failed = re.search(r"^\s*FAILED\s*$", rest, re.MULTILINE) or \
+            rest.strip().startswith("FAILED")
+        status = "FAILED" if failed else "passed"
+        notes = re.findall(r"\[(SKIPPED|FAILED)\]\s*(.*)", rest)
+        if status == "passed" and any(kind == "SKIPPED" for kind, _ in notes):
+            status = "skipped"
+        note = next((text for kind, text in notes if kind == status.upper()), "")
+        outcomes.append((name.strip(), status, note.strip()[:110]))
+    return outcomes
+
+
 @pytest.mark.skipif(os.environ.get("TANDEM_HIL_ISCSI_ALL") != "1",
                     reason="the whole SCSI suite runs only with TANDEM_HIL_ISCSI_ALL=1")
 def test_iscsi_test_cu_everything(iscsi_url, results_dir):
-    """Run every SCSI.* family and record the outcome per test (not asserted)."""
+    """Run every SCSI.* family; write the outcome per test as Markdown (not asserted)."""
     need("iscsi-test-cu")
     listing = subprocess.run(["iscsi-test-cu", "--list"], capture_output=True, text=True,
                              check=True).stdout.split()
     families = sorted({name for name in listing if name.count(".") == 1
                        and name.startswith("SCSI.")})
-    lines = []
+    summary = ["| Family | Tests | Passed | Skipped | Failed | Time |",
+               "|---|---:|---:|---:|---:|---:|"]
+    details = []
     for family in families:
         started = time.monotonic()
-        ran, failed, output = iscsi_test_cu(iscsi_url, family, results_dir)
-        lines.append(f"{family}\tran={ran}\tfailed={failed}\t"
-                     f"{time.monotonic() - started:.0f}s")
-        for test in re.findall(r"^\s*Test: (\S+) \.\.\.(.*)$", output, re.MULTILINE):
-            lines.append(f"  {test[0]}\t{test[1].strip()}")
-    (results_dir / "iscsi-test-cu-all.txt").write_text("\n".join(lines) + "\n")
+        _ran, _failed, output = iscsi_test_cu(iscsi_url, family, results_dir)
+        outcomes = test_outcomes(output)
+        count = {kind: sum(1 for _, s, _ in outcomes if s == kind)
+                 for kind in ("passed", "skipped", "FAILED")}
+        summary.append(f"| {family} | {len(outcomes)} | {count['passed']} | "
+                       f"{count['skipped']} | {count['FAILED']} | "
+                       f"{time.monotonic() - started:.0f} s |")
+        details.append(f"\n### {family}\n")
+        details += [f"- {name}: **{status}**" + (f" — {note}" if note else "")
+                    for name, status, note in outcomes]
+    (results_dir / "iscsi-test-cu.md").write_text("\n".join(summary + details) + "\n")
 
 
 def _iscsi_disks() -> set[str]:
@@ -107,3 +133,37 @@ def test_kernel_initiator_login(iscsi_url, tmp_path):
         assert sync.status == 0                                 # SYNCHRONIZE CACHE(10)
     finally:
         run(["iscsiadm", "-m", "node", "-T", iqn, "-p", portal, "--logout"], timeout=120)
+
+
+def _inquiry_ok(url: str) -> bool:
+    return subprocess.run(["iscsi-inq", url], capture_output=True, timeout=60,
+                          check=False).returncode == 0
+
+
+@pytest.mark.skipif(os.environ.get("TANDEM_RIG_VIRTUAL") != "1",
+                    reason="starts a second TCMU export: only on the virtual rig")
+def test_chap_is_enforced_when_configured(tmp_path):
+    """A second export with CHAP: no login without the secret, login with it."""
+    need("iscsi-inq")
+    iqn, portal, user, secret = ("iqn.2025-01.io.tandem:chap0", "127.0.0.1:3262", "tandem",
+                                 "chap-secret-0123")
+    service = subprocess.Popen(
+        [sys.executable, "-m", "firmware.frontends.tcmu.service", "--image",
+         str(tmp_path / "chap.img"), "--size", "16M", "--name", "chap0",
+         "--iscsi-portal", portal, "--iscsi-iqn", iqn, "--chap-user", user,
+         "--chap-password", secret], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while service.poll() is None and time.monotonic() < deadline:
+            line = service.stdout.readline() if service.stdout else ""
+            if line.startswith("scsi_disk="):
+                break
+        assert service.poll() is None, "the CHAP export did not start"
+        assert _inquiry_ok(f"iscsi://{user}%{secret}@{portal}/{iqn}/0")
+        assert not _inquiry_ok(f"iscsi://{portal}/{iqn}/0")
+        assert not _inquiry_ok(f"iscsi://{user}%wrong-secret-000@{portal}/{iqn}/0")
+    finally:
+        service.terminate()
+        service.wait(timeout=120)
+    assert service.returncode == 0

@@ -118,3 +118,14 @@ def test_fio_sequential_1m_writes_verify(scsi_disk, results_dir):
               f"--size={FIO_SIZE_1M}")
     assert job["write"]["io_bytes"] > 0
     assert job["read"]["io_bytes"] == job["write"]["io_bytes"]
+
+
+@pytest.mark.slow
+def test_mirror_holds_the_same_bytes_after_the_drain(scsi_disk, results_dir):
+    """After the writes above, the second medium catches up and matches the volume."""
+    check = os.environ.get("TANDEM_MIRROR_CHECK")
+    if not check:
+        pytest.skip("TANDEM_MIRROR_CHECK is not set (the firmware under test has no mirror)")
+    fio(scsi_disk, "before-mirror-check", results_dir, "--rw=randwrite", "--bs=4k",
+        "--iodepth=32", "--size=8M")
+    run(["sh", "-c", check], timeout=600)

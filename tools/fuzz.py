@@ -69,8 +69,19 @@ def _child(target: str, libfuzzer_args: list[str]) -> None:
                 pass
     from tools.fuzz_targets import TARGETS
 
-    atheris.Setup([sys.argv[0], *libfuzzer_args], TARGETS[target])
+    atheris.Setup([_launcher(target), *libfuzzer_args], TARGETS[target])
     atheris.Fuzz()
+
+
+def _launcher(target: str) -> str:
+    """An executable that starts this child again: libFuzzer's merge re-runs argv[0]."""
+    path = Path(tempfile.gettempdir()) / f"tandem-fuzz-{target}-{os.getuid()}.sh"
+    script = (f"#!/bin/sh\ncd {REPO}\n"
+              f"exec {sys.executable} -m tools.fuzz --child {target} \"$@\"\n")
+    if not path.exists() or path.read_text() != script:
+        path.write_text(script)
+        path.chmod(0o755)
+    return str(path)
 
 
 def run_target(target: str, *, runs: int | None, seconds: int | None, max_len: int,
@@ -124,13 +135,7 @@ def _stat(output: str, name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--child"]:
-        _child(argv[1], argv[2:])
-        return 0
-    parser = argparse.ArgumentParser(prog="python -m tools.fuzz", description=__doc__.split(
-        "\n")[0])
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("targets", nargs="*", default=["all"],
                         help=f"targets: {', '.join(TARGET_NAMES)} or all (default)")
     parser.add_argument("--runs", type=int, help="inputs per target (default 100000)")
@@ -143,11 +148,34 @@ def main(argv: list[str] | None = None) -> int:
                         help="merge inputs that add coverage into tests/fuzz/corpus")
     parser.add_argument("--write-seeds", action="store_true",
                         help="(re)write the hand-made seeds into the corpus, then run")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """`tandem fuzz ...` (if the CLI lists this module)."""
+    p = subparsers.add_parser("fuzz", help="coverage-guided fuzzing of the parsers (atheris)")
+    _add_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--child"]:
+        _child(argv[1], argv[2:])
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m tools.fuzz",
+                                     description=__doc__.split("\n")[0])
+    _add_arguments(parser)
     args = parser.parse_args(argv)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     targets = list(TARGET_NAMES) if "all" in args.targets else args.targets
     unknown = set(targets) - set(TARGET_NAMES)
     if unknown:
-        parser.error(f"unknown targets {sorted(unknown)}; known: {', '.join(TARGET_NAMES)}")
+        print(f"tools.fuzz: unknown targets {sorted(unknown)}; known: "
+              f"{', '.join(TARGET_NAMES)}", file=sys.stderr)
+        return 2
     try:
         import atheris  # noqa: F401
     except ImportError:

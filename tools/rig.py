@@ -380,7 +380,7 @@ class VirtualRig:
 
 
 def guest_script(rig: VirtualRig, command: list[str], firmware: str | None,
-                 volume_size: str) -> str:
+                 volume_size: str, mirror_check: str | None = None) -> str:
     """The bash script the guest runs: modules, network, firmware, then ``command``."""
     python = _python()
     run = rig.run_dir
@@ -389,7 +389,7 @@ def guest_script(rig: VirtualRig, command: list[str], firmware: str | None,
         f"export PATH={shlex.quote(str(Path(python).parent))}:"
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         f"export HOME=/root LANG=C.UTF-8 TERM=dumb PYTHONDONTWRITEBYTECODE=1 "
-        f"TANDEM_RIG_RUN={run}",
+        f"TANDEM_RIG_RUN={run} TANDEM_RIG_VIRTUAL=1",
         "mount -t configfs configfs /sys/kernel/config 2>/dev/null || true",
         f"for m in {' '.join(GUEST_MODULES)}; do modprobe $m || echo \"rig: modprobe $m failed\"; "
         "done",
@@ -397,12 +397,19 @@ def guest_script(rig: VirtualRig, command: list[str], firmware: str | None,
         "ip link set lo up",
         f"mkdir -p {GUEST_SCRATCH} /run/lock",
         f"cd {shlex.quote(str(REPO))}",
+        # Test knobs (TANDEM_HIL_*) pass through from the host's environment.
+        *(f"export {key}={shlex.quote(value)}" for key, value in sorted(os.environ.items())
+          if key.startswith("TANDEM_HIL_")),
         "echo \"rig: guest up after $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)\"",
     ]
     if firmware is not None:
         cmdline = firmware.format(python=shlex.quote(python), run=run, size=volume_size,
                                   repo=REPO, scratch=GUEST_SCRATCH)
         ctl = f"{shlex.quote(python)} -m tools.rig guest-ctl"
+        if mirror_check:
+            check = mirror_check.format(python=shlex.quote(python), run=run, repo=REPO,
+                                        scratch=GUEST_SCRATCH)
+            lines.append(f"export TANDEM_MIRROR_CHECK={shlex.quote(check)}")
         lines += [
             f"export TANDEM_RIG_FIRMWARE={shlex.quote(cmdline)}",
             f"export TANDEM_FIRMWARE_CTL={shlex.quote(ctl)}",
@@ -618,7 +625,9 @@ def run_on_board(rig: RigDescription, command: list[str]) -> int:
 
 
 def _pytest_command(python: str, extra: list[str]) -> list[str]:
-    return [python, "-m", "pytest", "-p", "no:cacheprovider", "hil-tests", *extra]
+    # The checkout is read-only in the guest: no cache, no hypothesis example database.
+    return [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+            "hil-tests", *extra]
 
 
 def run_virtual(args: argparse.Namespace, command: list[str]) -> int:
@@ -626,7 +635,7 @@ def run_virtual(args: argparse.Namespace, command: list[str]) -> int:
     rig = VirtualRig(tree, memory=args.memory, cpus=args.cpus, accel=args.accel,
                      timeout=args.timeout)
     firmware = None if args.no_firmware else args.firmware
-    rc = rig.boot(guest_script(rig, command, firmware, args.volume_size))
+    rc = rig.boot(guest_script(rig, command, firmware, args.volume_size, args.mirror_check))
     if rc == 0 and not args.keep:
         shutil.rmtree(rig.run_dir, ignore_errors=True)
     else:
@@ -668,6 +677,9 @@ def _add_rig_options(parser: argparse.ArgumentParser) -> None:
                         help="firmware command in the guest; placeholders {python} {run} "
                              "{scratch} {size} {repo} (default: the TCMU service over an "
                              "image file)")
+    parser.add_argument("--mirror-check", metavar="CMD",
+                        help="command that exits 0 once the mirror holds the volume's bytes "
+                             "(waits for the drain itself); same placeholders")
     parser.add_argument("--no-firmware", action="store_true",
                         help="do not start the firmware (bare kernel + modules)")
     parser.add_argument("--volume-size", default=DEFAULT_VOLUME_SIZE)

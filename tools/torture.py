@@ -377,7 +377,6 @@ class Torture:
         self.phases = [p for p in PHASES if p in config.phases]
         if not self.phases:
             raise ValueError(f"no known phase in {config.phases}; known: {PHASES}")
-        self._boots_counted = 0
 
     # -- top level ------------------------------------------------------------------
 
@@ -418,7 +417,7 @@ class Torture:
                     self._shutdown_devices(app)
         finally:
             self.report.seconds = round(time.monotonic() - started, 2)
-            boots = max(1, self._boots_counted)
+            boots = max(1, self.report.boots)
             self.report.mean_resync_bytes = round(self.report.resync_bytes / boots, 1)
             if not cfg.keep and not cfg.workdir:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -493,7 +492,6 @@ class Torture:
             self._fail(cycle, f"regions {unrecorded[:10]} differ between the media but the "
                               f"record read back names only {sorted(named)[:20]}")
         if cycle:
-            self._boots_counted += 1
             self.report.resync_bytes += len(named) * region
             if app.startup is not None and app.startup.reason.startswith("full resync"):
                 self.report.full_resyncs += 1
@@ -657,7 +655,11 @@ class Torture:
                     self._fail(cycle, f"a round of requests did not finish in "
                                       f"{_ROUND_TIMEOUT_S}s (mirror {run.mirror.status()})")
                 return False
-            together.result()
+            exc = together.exception()
+            if exc is not None:  # the volume may only ever fail a request with TargetError
+                self.report.unexpected_errors += 1
+                self._fail(cycle, f"a request raised {exc!r}")
+                return False
         finally:
             if not together.done():
                 together.cancel()

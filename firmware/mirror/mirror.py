@@ -1,15 +1,38 @@
 """The asynchronous mirror: copies the volume's writes to the second medium.
 
-Two modes:
+Three states:
 
 - *ordered*: every write is queued (bounded, in write order) and applied to the
-  second medium in batches; after a batch the second medium is flushed and the
-  record learns that every write up to the batch's last sequence number is
-  durable there (``Record.mirrored_upto``).
-- *catch-up*: when the queue overflows, the second medium fails, or the record
-  names regions at start-up, the queue is dropped and the mirror copies whole
-  regions from the local medium instead (``Record.mirrored_region``), pass
-  after pass, until no region is dirty; then it returns to ordered mode.
+  second medium in runs; after a run the second medium is flushed and the
+  record learns that every write up to the run's last sequence number is
+  durable there (``Record.mirrored_upto``). So the second medium always holds
+  the volume as it was at the end of some run: a crash-consistent image.
+- *catch-up*: when the queue overflows (the link cannot keep up: DRBD's
+  "pull-ahead"), the second medium fails, the record names regions at start-up,
+  or a new link session needs it, the queue is dropped and the mirror copies
+  whole regions from the local medium instead (``Record.mirrored_region``),
+  pass after pass, until no region is dirty; then it returns to ordered mode.
+  A copy of the whole volume (a *sweep*) runs the same way when the remote
+  holds nothing of ours. With ``checksum_resync`` the copy compares block
+  digests first and sends only the blocks that differ.
+- *degraded*: the second medium failed; the record keeps every region that may
+  differ and the mirror retries (with back-off), resuming as catch-up.
+
+Pipelining and rate control: a run is closed with ``flush_async()`` where the
+second medium has it (the remote link), so several runs can be in flight. The
+controller keeps about ``plan_ahead_s`` seconds of the measured acknowledged
+throughput in flight (at least two runs, at most ``max_fill_bytes``) — DRBD's
+c-plan-ahead/c-fill-target idea: enough to keep the link busy across the
+round trip and the receiver's commit, little enough that a congested link
+shows up as a growing queue, which past ``queue_limit_bytes`` switches to
+catch-up instead of stalling the hosts (their writes never wait for the link).
+
+A second medium with link sessions (``LinkedMedium``: `RemoteMedium`) is told
+when a resync starts (``begin_resync``: the remote copy is marked inconsistent,
+its before-resync hook runs) and when it is complete (``end_resync``: the
+remote is consistent and holds this appliance's generation); each new session's
+decision is acted on (full sync → sweep; resync → catch-up; refused → degraded
+with the explanation as the error).
 
 Medium I/O runs in one worker thread so the second medium's writes overlap the
 host's on the other core; all bookkeeping happens on the event loop thread.
@@ -19,23 +42,47 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import enum
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
-from firmware.record.record import Record
+from firmware.record.record import Record, RecordFull
 from hal.media.base import Medium
 
 log = logging.getLogger("tandem.mirror")
+
+DIGEST_ALG = "blake2b-128"
 
 
 class MirrorState(enum.Enum):
     ORDERED = "ordered"
     CATCH_UP = "catch-up"
     DEGRADED = "degraded"
+
+
+@runtime_checkable
+class LinkedMedium(Protocol):
+    """A second medium at a remote site that knows sessions and sync state (RemoteMedium)."""
+
+    sessions: int
+
+    def connect(self) -> Any:
+        """Connect if not connected; the session's handshake (decision, remote state)."""
+        ...
+
+    def begin_resync(self) -> Any:
+        """Mark the remote inconsistent (runs its before-resync hook)."""
+        ...
+
+    def end_resync(self) -> Any:
+        """The remote is complete: consistent, holding our generation."""
+        ...
 
 
 @dataclass(slots=True)
@@ -48,13 +95,65 @@ class _Op:
     queued_at: float
 
 
+@dataclass(slots=True)
+class _Epoch:
+    """A run sent to the second medium and not yet acknowledged as durable."""
+
+    future: asyncio.Future[Any]
+    wire_bytes: int  # what it put on the link (fill target, throughput)
+    seq: int | None = None  # ordered: every write up to this one
+    payload_bytes: int = 0  # ordered: the writes' bytes
+    oldest: float | None = None  # ordered: when its first write was queued
+    regions: list[int] = field(default_factory=list)  # catch-up: these regions...
+    upto: int = 0  # ...as of every write up to this one
+
+
 @dataclass
 class MirrorConfig:
-    queue_limit_bytes: int = 64 << 20
-    batch_bytes: int = 8 << 20
-    copy_chunk_bytes: int = 4 << 20
+    queue_limit_bytes: int = 64 << 20  # ordered backlog beyond which the mirror pulls ahead
+    batch_bytes: int = 8 << 20  # one ordered run (one epoch on the link)
+    copy_chunk_bytes: int = 4 << 20  # one catch-up run
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
+    plan_ahead_s: float = 1.0  # seconds of throughput kept in flight
+    max_fill_bytes: int = 64 << 20  # never more than this in flight
+    checksum_resync: str = "after-crash"  # "never" | "after-crash" | "always"
+    checksum_block_bytes: int = 4096
+    sweep_step_bytes: int = 64 << 20  # a full sync goes this far per pass, then dirty regions
+    probe_interval_s: float = 1.0  # an idle mirror re-checks a disconnected link this often
+
+
+class Throughput:
+    """Bytes per second acknowledged over the last few seconds (the controller's input)."""
+
+    def __init__(self, window_s: float = 3.0) -> None:
+        self.window_s = window_s
+        self._events: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, now: float, nbytes: int) -> None:
+        self._events.append((now, nbytes))
+        while self._events and now - self._events[0][0] > self.window_s:
+            self._events.popleft()
+
+    def rate(self) -> float | None:
+        if len(self._events) < 2:
+            return None
+        span = self._events[-1][0] - self._events[0][0]
+        if span < 0.05:
+            return None
+        return sum(n for _, n in list(self._events)[1:]) / span
+
+
+@dataclass
+class VerifyReport:
+    state: str = "idle"  # running | done | stopped | failed
+    total_bytes: int = 0
+    checked_bytes: int = 0
+    compared_bytes: int = 0  # clean regions actually compared
+    differing: list[int] = field(default_factory=list)
+    error: str | None = None
+    started: float | None = None
+    finished: float | None = None
 
 
 class Mirror:
@@ -75,16 +174,36 @@ class Mirror:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self.state = MirrorState.CATCH_UP if record.dirty_regions() else MirrorState.ORDERED
+        # Regions named at start-up: a crash (or a stop mid-resync) left them; most are
+        # probably on the remote already, so their resync compares digests first.
+        self._after_crash = self.state is MirrorState.CATCH_UP
         self.last_error: str | None = None
         self._catch_up_since: float | None = clock() if self.state is MirrorState.CATCH_UP \
             else None
         self._pass_remaining = 0  # bytes left in the running catch-up pass
         self.copied_bytes = 0  # by region, since start
         self.applied_bytes = 0  # in order, since start
+        self.resync_sent_bytes = 0  # by region: what was actually written to the second medium
+        self.resync_skipped_bytes = 0  # by region: found equal by digest, not sent
         self.overflows = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tandem-mirror")
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
+        # Pipelining.
+        self._inflight: collections.deque[_Epoch] = collections.deque()
+        self._inflight_bytes = 0
+        self.throughput = Throughput()
+        # Link sessions.
+        self._session = 0  # the LinkedMedium session whose decision was acted on
+        self.decision: str | None = None
+        self._resync_marked = False  # begin_resync done in this session
+        self._handover = False  # end_resync due before the next ordered run
+        self._sweep: set[int] = set()  # regions to copy that the record does not name
+        self._prefetch: dict[tuple[int, int], concurrent.futures.Future[list[bytes]]] = {}
+        self._last_probe = float("-inf")
+        # Online verify.
+        self.verify_report = VerifyReport()
+        self._verify_task: asyncio.Task[None] | None = None
 
     # -- called by the volume on the event loop -------------------------------------
 
@@ -130,15 +249,20 @@ class Mirror:
 
     def lag_bytes(self) -> int:
         if self.state is MirrorState.ORDERED:
-            return self._queued_bytes + self._batch_bytes
-        return len(self.record.dirty_regions()) << self.record.region_shift
+            return (self._queued_bytes + self._batch_bytes
+                    + sum(e.payload_bytes for e in self._inflight))
+        regions = set(self.record.dirty_regions()) | self._sweep
+        return len(regions) << self.record.region_shift
 
     def lag_seconds(self) -> float:
         now = self._clock()
         if self.state is MirrorState.ORDERED:
-            oldest = self._batch_oldest if self._batch_oldest is not None else (
-                self._queue[0].queued_at if self._queue else None)
-            return max(0.0, now - oldest) if oldest is not None else 0.0
+            candidates = [e.oldest for e in self._inflight if e.oldest is not None]
+            if self._batch_oldest is not None:
+                candidates.append(self._batch_oldest)
+            if self._queue:
+                candidates.append(self._queue[0].queued_at)
+            return max(0.0, now - min(candidates)) if candidates else 0.0
         return max(0.0, now - (self._catch_up_since or now))
 
     def resync_remaining_bytes(self) -> int:
@@ -146,18 +270,46 @@ class Mirror:
             return 0
         return max(self._pass_remaining, self.lag_bytes())
 
+    def fill_target(self, unit: int | None = None) -> int:
+        """Bytes the controller lets be in flight: plan_ahead_s of throughput, ≥ 2 runs."""
+        unit = unit or self.config.batch_bytes
+        rate = self.throughput.rate()
+        target = rate * self.config.plan_ahead_s if rate else 0.0
+        return int(min(max(target, 2 * unit), max(self.config.max_fill_bytes, 2 * unit)))
+
     def status(self) -> dict[str, object]:
-        return {
+        rate = self.throughput.rate()
+        out: dict[str, object] = {
             "mirror_state": "paused" if self._paused else self.state.value,
             "mirror_lag_bytes": self.lag_bytes(),
             "mirror_lag_seconds": round(self.lag_seconds(), 3),
             "mirror_queue_bytes": self._queued_bytes,
+            "mirror_inflight_bytes": self._inflight_bytes,
+            "mirror_fill_target_bytes": self.fill_target(),
+            "mirror_throughput_bytes": int(rate) if rate else 0,
+            "mirror_replicated_write": self.record.mirrored_seq,
             "mirror_applied_bytes": self.applied_bytes,
             "mirror_copied_bytes": self.copied_bytes,
             "mirror_overflows": self.overflows,
             "mirror_error": self.last_error,
             "resync_remaining_bytes": self.resync_remaining_bytes(),
+            "resync_sent_bytes": self.resync_sent_bytes,
+            "resync_skipped_bytes": self.resync_skipped_bytes,
+            "resync_checksums": self._checksums_now() if self.state is not MirrorState.ORDERED
+            else None,
         }
+        link_status = getattr(self.second, "status", None)
+        if callable(link_status):
+            for key, value in link_status().items():
+                out[f"link_{key}"] = value
+        v = self.verify_report
+        out.update({
+            "verify_state": v.state,
+            "verify_checked_bytes": v.checked_bytes,
+            "verify_differing_regions": len(v.differing),
+            "verify_error": v.error,
+        })
+        return out
 
     async def drained(self) -> None:
         """Wait until the second medium holds every write submitted so far."""
@@ -169,7 +321,12 @@ class Mirror:
             await self._idle.wait()
 
     def _is_drained(self) -> bool:
+        second = self.second
+        if isinstance(second, LinkedMedium) and not (
+                self._session == second.sessions and getattr(second, "connected", True)):
+            return False  # what the remote holds is known only in a session acted on
         return (self.state is MirrorState.ORDERED and not self._queue and not self._batch_bytes
+                and not self._inflight and not self._handover and not self._sweep
                 and self.record.mirrored_seq >= self.record.completed_seq())
 
     # -- the copier -----------------------------------------------------------------
@@ -181,12 +338,13 @@ class Mirror:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="mirror")
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._verify_task, self._task):
+            if task:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self._executor.shutdown(wait=True)
 
     def _enter_catch_up(self, why: str) -> None:
@@ -204,12 +362,7 @@ class Mirror:
             await self._resumed.wait()
             try:
                 if self.state is MirrorState.ORDERED:
-                    if not self._queue:
-                        self._signal_idle()
-                        self._wake.clear()
-                        await self._wake.wait()
-                        continue
-                    await self._apply_batch()
+                    await self._ordered_step()
                 else:
                     await self._catch_up_pass()
                 if self.last_error is not None:
@@ -220,6 +373,7 @@ class Mirror:
                         self.state = MirrorState.CATCH_UP
                 delay = self.config.retry_initial_s
             except OSError as exc:
+                await self._settle_inflight()
                 self._fail(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.retry_max_s)
@@ -235,6 +389,12 @@ class Mirror:
         self.last_error = message
         self._batch_bytes = 0
         self._batch_oldest = None
+        self._prefetch.clear()
+        # Everything unacknowledged is written off (its regions stay in the record), so
+        # the medium need not report that loss again to the next run.
+        reset = getattr(self.second, "reset", None)
+        if callable(reset):
+            reset()
         # Hosts keep writing: the record may now exceed its budget (it covers the volume).
         self.record.enforce_capacity = False
         if self.state is MirrorState.ORDERED:
@@ -244,7 +404,147 @@ class Mirror:
         self._queued_bytes = 0
         self._on_progress()  # writers waiting for room may go on now
 
-    async def _apply_batch(self) -> None:
+    # -- in-flight runs -------------------------------------------------------------
+
+    def _close_run(self) -> concurrent.futures.Future[Any]:
+        """(worker) End a run: a future for its durability on the second medium."""
+        start = getattr(self.second, "flush_async", None)
+        if callable(start):
+            return start()
+        self.second.flush()
+        return _done()
+
+    def _track(self, epoch: _Epoch) -> None:
+        self._inflight.append(epoch)
+        self._inflight_bytes += epoch.wire_bytes
+
+    def _retire_done(self) -> None:
+        """Account for acknowledged runs, oldest first; raise a failed run's error."""
+        record = self.record
+        progressed = False
+        while self._inflight and self._inflight[0].future.done():
+            epoch = self._inflight.popleft()
+            self._inflight_bytes -= epoch.wire_bytes
+            epoch.future.result()  # raises if the run was lost
+            self.throughput.add(self._clock(), epoch.wire_bytes)
+            if epoch.seq is not None:
+                self.applied_bytes += epoch.payload_bytes
+                record.mirrored_upto(epoch.seq)
+            else:
+                shift = record.region_shift
+                for region in epoch.regions:
+                    record.mirrored_region(region, epoch.upto)
+                    self._sweep.discard(region)
+                copied = len(epoch.regions) << shift
+                self.copied_bytes += copied
+                self._pass_remaining = max(0, self._pass_remaining - copied)
+            progressed = True
+        if progressed:
+            self._on_progress()
+
+    async def _wait_oldest(self, also_wake: bool = False) -> None:
+        """Until the oldest run in flight is settled (or, with also_wake, new writes came)."""
+        oldest = self._inflight[0].future
+        if not also_wake:
+            await asyncio.wait([oldest])
+            return
+        self._wake.clear()
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait([oldest, waker], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waker.cancel()
+
+    async def _retire_all(self) -> None:
+        while self._inflight:
+            await self._wait_oldest()
+            self._retire_done()
+
+    async def _settle_inflight(self) -> None:
+        """After a failure: keep what was acknowledged before it, write off the rest."""
+        if self._inflight:
+            await asyncio.wait([e.future for e in self._inflight])
+            try:
+                self._retire_done()
+            except OSError:
+                pass
+        self._inflight.clear()
+        self._inflight_bytes = 0
+
+    # -- link sessions --------------------------------------------------------------
+
+    async def _ensure_session(self) -> None:
+        """Connect the second medium if it connects; act on a new link session's decision."""
+        second = self.second
+        connect = getattr(second, "connect", None)
+        if not callable(connect):
+            return
+        loop = asyncio.get_running_loop()
+        handshake = await loop.run_in_executor(self._executor, connect)
+        self._last_probe = self._clock()
+        if not isinstance(second, LinkedMedium) or second.sessions == self._session:
+            return
+        self._session = second.sessions
+        decision = getattr(handshake, "decision", None)
+        value = getattr(decision, "value", None)
+        self.decision = value
+        remote = getattr(handshake, "remote", None)
+        self._resync_marked = not getattr(remote, "consistent", False)
+        log.info("mirror: link session %d: %s", self._session,
+                 getattr(handshake, "explanation", value))
+        if value == "full-sync" and not self._sweep:
+            self._sweep = set(range(self.record.nregions))
+        if value != "in-sync":
+            # Behind, blank, or mid-resync: bring it up to date by region, then hand over.
+            self._handover = False
+            self._enter_catch_up(f"link session: {value}")
+
+    def _session_changed(self) -> bool:
+        second = self.second
+        return isinstance(second, LinkedMedium) and second.sessions != self._session
+
+    # -- ordered --------------------------------------------------------------------
+
+    async def _ordered_step(self) -> None:
+        self._retire_done()
+        loop = asyncio.get_running_loop()
+        if self._handover:
+            await self._ensure_session()
+            if self.state is not MirrorState.ORDERED:
+                return
+            await self._retire_all()
+            second = self.second
+            assert isinstance(second, LinkedMedium)
+            await loop.run_in_executor(self._executor, second.end_resync)
+            if self._session_changed():
+                return  # the next step sees the new session
+            self._handover = False
+            self._resync_marked = False
+            log.info("mirror: remote copy is consistent again")
+            return
+        if self._queue and self._inflight_bytes < self.fill_target(self.config.batch_bytes):
+            await self._send_batch()
+            return
+        if self._inflight:
+            await self._wait_oldest(also_wake=not self._queue)
+            return
+        if not getattr(self.second, "connected", True) \
+                and self._clock() - self._last_probe >= self.config.probe_interval_s:
+            await self._ensure_session()  # show a refused or unreachable link in the status
+            return
+        self._signal_idle()
+        self._wake.clear()
+        timeout = self.config.probe_interval_s \
+            if not getattr(self.second, "connected", True) else None
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def _send_batch(self) -> None:
+        await self._ensure_session()
+        if self.state is not MirrorState.ORDERED or not self._queue:
+            return
         batch: list[_Op] = []
         size = 0
         while self._queue and size < self.config.batch_bytes:
@@ -254,17 +554,29 @@ class Mirror:
         self._queued_bytes -= size
         self._batch_bytes = size
         self._batch_oldest = batch[0].queued_at
+        # Writes may reach the queue out of sequence order (one waits for its record
+        # transaction while a later one goes ahead). Every write up to completed_seq()
+        # has ended, so it was queued before now: this batch or an earlier one has it.
+        upto = min(batch[-1].seq, self.record.completed_seq())
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._write_batch, batch)
+            future = await loop.run_in_executor(self._executor, self._write_batch, batch)
+            if future is None:  # a variant that flushed the second medium itself
+                future = _done()
         finally:
             self._batch_bytes = 0
             self._batch_oldest = None
-        self.applied_bytes += sum(op.length for op in batch)
-        self.record.mirrored_upto(batch[-1].seq)
-        self._on_progress()
+        if self._session_changed():
+            # The run reconnected on its way: it went to a session whose decision was not
+            # acted on. Its regions stay in the record; catch up under the new session.
+            self._enter_catch_up("the link reconnected")
+            return
+        self._track(_Epoch(asyncio.wrap_future(future), size, seq=upto,
+                           payload_bytes=sum(op.length for op in batch),
+                           oldest=batch[0].queued_at))
+        self._retire_done()
 
-    def _write_batch(self, batch: list[_Op]) -> None:
+    def _write_batch(self, batch: list[_Op]) -> concurrent.futures.Future[Any] | None:
         second = self.second
         for op in batch:
             if op.data is not None:
@@ -275,32 +587,74 @@ class Mirror:
         # with a volatile cache could otherwise lose, at a power cut, data the second
         # medium keeps -- in a region the record no longer names.
         self.local.flush()
-        second.flush()
+        return self._close_run()
+
+    # -- catch-up -------------------------------------------------------------------
+
+    def _checksums_now(self) -> bool:
+        mode = self.config.checksum_resync
+        if mode == "always":
+            return True
+        if mode == "never":
+            return False
+        # after-crash: where the remote computes digests itself (no read-back over the link)
+        return callable(getattr(self.second, "digests", None)) and (
+            self._after_crash or bool(self._sweep))
+
+    def _sweep_portion(self) -> list[int]:
+        if not self._sweep:
+            return []
+        count = max(1, self.config.sweep_step_bytes >> self.record.region_shift)
+        return sorted(self._sweep)[:count]
 
     async def _catch_up_pass(self) -> None:
         """Copy every dirty region from the local medium; return to ordered when none is."""
+        await self._retire_all()  # ordered runs still in flight land first
+        await self._ensure_session()
         record = self.record
         upto = record.completed_seq()
-        dirty = record.dirty_regions()
-        if not dirty:
+        work = sorted(set(record.dirty_regions()).union(self._sweep_portion()))
+        if not work:
             self._finish_catch_up()
             return
-        shift = record.region_shift
-        self._pass_remaining = len(dirty) << shift
         loop = asyncio.get_running_loop()
+        second = self.second
+        if isinstance(second, LinkedMedium) and not self._resync_marked:
+            await loop.run_in_executor(self._executor, second.begin_resync)
+            self._resync_marked = True
+        checksums = self._checksums_now()
+        shift = record.region_shift
+        self._pass_remaining = len(work) << shift
         per_chunk = max(1, self.config.copy_chunk_bytes >> shift)
-        for start in range(0, len(dirty), per_chunk):
-            await self._resumed.wait()
-            chunk = dirty[start:start + per_chunk]
-            await loop.run_in_executor(self._executor, self._copy_regions, chunk)
-            for region in chunk:
-                record.mirrored_region(region, upto)
-            copied = len(chunk) << shift
-            self.copied_bytes += copied
-            self._pass_remaining -= copied
-            self._on_progress()
+        chunks = [work[i:i + per_chunk] for i in range(0, len(work), per_chunk)]
+        try:
+            for index, chunk in enumerate(chunks):
+                await self._resumed.wait()
+                self._retire_done()
+                while self._inflight and \
+                        self._inflight_bytes >= self.fill_target(self.config.copy_chunk_bytes):
+                    await self._wait_oldest()
+                    self._retire_done()
+                if checksums:
+                    following = chunks[index + 1] if index + 1 < len(chunks) else None
+                    job = functools.partial(self._copy_regions, chunk, checksums=True,
+                                            following=following)
+                else:
+                    job = functools.partial(self._copy_regions, chunk)
+                run = await loop.run_in_executor(self._executor, job)
+                future, sent = run if run is not None else (_done(), len(chunk) << shift)
+                if self._session_changed():
+                    raise _NewSession()
+                self._track(_Epoch(asyncio.wrap_future(future), sent, regions=chunk,
+                                   upto=upto))
+            await self._retire_all()
+        except _NewSession:
+            await self._settle_inflight()
+            return  # the next pass acts on the new session
+        finally:
+            self._prefetch.clear()
         self._pass_remaining = 0
-        if not record.dirty_regions():
+        if not record.dirty_regions() and not self._sweep:
             self._finish_catch_up()
 
     def _finish_catch_up(self) -> None:
@@ -311,15 +665,199 @@ class Mirror:
             log.info("mirror: caught up; back to ordered mirroring")
         self.state = MirrorState.ORDERED
         self._catch_up_since = None
+        self._after_crash = False
+        # The remote is now an exact image of the volume: say so before the next run.
+        self._handover = isinstance(self.second, LinkedMedium)
         self._on_progress()
 
-    def _copy_regions(self, regions: list[int]) -> None:
+    def _extents(self, regions: list[int]) -> Iterator[tuple[int, int]]:
+        """Byte ranges of runs of consecutive regions, within both media."""
         shift = self.record.region_shift
         size = min(self.local.size, self.second.size)
+        start = prev = None
         for region in regions:
-            offset = region << shift
-            length = min(1 << shift, size - offset)
-            if length > 0:
-                self.second.pwrite(offset, self.local.pread(offset, length))
+            if prev is not None and region == prev + 1:
+                prev = region
+                continue
+            if start is not None and prev is not None:
+                yield from _clip(start << shift, (prev + 1) << shift, size)
+            start = prev = region
+        if start is not None and prev is not None:
+            yield from _clip(start << shift, (prev + 1) << shift, size)
+
+    def _copy_regions(self, regions: list[int], checksums: bool = False,
+                      following: list[int] | None = None
+                      ) -> tuple[concurrent.futures.Future[Any], int] | None:
+        """(worker) Copy regions to the second medium; the run's future and bytes sent.
+
+        (None, from a variant that flushes the second medium itself, means a run already
+        durable; the torture tests plant such variants.)
+        """
+        second = self.second
+        block = self.config.checksum_block_bytes
+        if following:
+            self._prefetch_digests(following)
+        sent = 0
+        for offset, length in self._extents(regions):
+            data = self.local.pread(offset, length)
+            if checksums:
+                theirs = self._remote_digests(offset, length)
+                ours = _block_digests(data, block)
+                differs = 0
+                for start, end in _differing_runs(ours, theirs, block, length):
+                    second.pwrite(offset + start, data[start:end])
+                    differs += end - start
+                sent += differs
+                self.resync_skipped_bytes += length - differs
+            elif data.count(0) == length:
+                second.write_zeroes(offset, length)
+                sent += 64
+            else:
+                second.pwrite(offset, data)
+                sent += length
         self.local.flush()  # what was copied must be durable locally too (see _write_batch)
-        self.second.flush()
+        self.resync_sent_bytes += sent
+        return self._close_run(), sent
+
+    def _prefetch_digests(self, regions: list[int]) -> None:
+        ask = getattr(self.second, "digests_async", None)
+        if not callable(ask):
+            return
+        for offset, length in self._extents(regions):
+            self._prefetch[(offset, length)] = ask(offset, length,
+                                                    self.config.checksum_block_bytes, DIGEST_ALG)
+
+    def _remote_digests(self, offset: int, length: int) -> list[bytes]:
+        """(worker) The second medium's block digests: asked ahead, asked now, or read."""
+        block = self.config.checksum_block_bytes
+        asked = self._prefetch.pop((offset, length), None)
+        if asked is not None:
+            return asked.result()
+        digests = getattr(self.second, "digests", None)
+        if callable(digests):
+            return list(digests(offset, length, block, DIGEST_ALG))
+        return _block_digests(self.second.pread(offset, length), block)
+
+    # -- online verify --------------------------------------------------------------
+
+    def start_verify(self) -> VerifyReport:
+        """Compare both media by digest in the background, region by region, while serving.
+
+        A clean region (the record says the second medium has it) that differs is
+        reported and put back in the record, so the mirror copies it again.
+        """
+        if self._verify_task is not None and not self._verify_task.done():
+            return self.verify_report
+        record = self.record
+        self.verify_report = VerifyReport("running", total_bytes=record.geometry.volume_size,
+                                          started=time.time())
+        self._verify_task = asyncio.get_running_loop().create_task(
+            self._verify(self.verify_report), name="verify")
+        return self.verify_report
+
+    def stop_verify(self) -> VerifyReport:
+        if self._verify_task is not None and not self._verify_task.done():
+            self._verify_task.cancel()
+            self.verify_report.state = "stopped"
+            self.verify_report.finished = time.time()
+        return self.verify_report
+
+    async def _verify(self, report: VerifyReport) -> None:
+        record = self.record
+        shift = record.region_shift
+        per_chunk = max(1, self.config.copy_chunk_bytes >> shift)
+        loop = asyncio.get_running_loop()
+        try:
+            for first in range(0, record.nregions, per_chunk):
+                await self._resumed.wait()
+                if self.state is MirrorState.DEGRADED:
+                    raise OSError(f"mirror degraded: {self.last_error}")
+                chunk = range(first, min(first + per_chunk, record.nregions))
+                clean = [r for r in chunk if record.is_clean(r) and r not in self._sweep]
+                if clean:
+                    differing = await loop.run_in_executor(self._executor,
+                                                           self._compare_regions, clean)
+                    # A region written meanwhile is dirty now: the mirror copies it anyway.
+                    confirmed = [r for r in differing
+                                 if record.is_clean(r) and r not in self._sweep]
+                    for region in confirmed:
+                        self._recopy(region)
+                    report.differing += confirmed
+                    report.compared_bytes += len(clean) << shift
+                report.checked_bytes = min(report.total_bytes, chunk.stop << shift)
+            report.state = "done"
+        except asyncio.CancelledError:
+            report.state = "stopped"
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported on the console, not lost
+            report.state = "failed"
+            report.error = str(exc)
+            log.error("verify failed: %s", exc)
+        finally:
+            report.finished = time.time()
+        if report.differing:
+            log.warning("verify: %d regions differed; copying them again", len(report.differing))
+
+    def _compare_regions(self, regions: list[int]) -> list[int]:
+        """(worker) Regions whose bytes differ between the two media."""
+        shift = self.record.region_shift
+        block = self.config.checksum_block_bytes
+        differing: list[int] = []
+        for offset, length in self._extents(regions):
+            ours = _block_digests(self.local.pread(offset, length), block)
+            theirs = self._remote_digests(offset, length)
+            # A run of differing blocks may span regions: name each one it touches.
+            for start, end in _differing_runs(ours, theirs, block, length):
+                differing += range((offset + start) >> shift, ((offset + end - 1) >> shift) + 1)
+        return sorted(set(differing))
+
+    def _recopy(self, region: int) -> None:
+        """Put a region back in the record (persisted, as a host write would) to copy it."""
+        record = self.record
+        shift = record.region_shift
+        offset = region << shift
+        length = min(1 << shift, record.geometry.volume_size - offset)
+        try:
+            seq = record.begin_write(offset, length, self._clock())
+        except RecordFull:
+            self._sweep.add(region)  # no room now: copy it without naming it
+        else:
+            record.end_write(offset, length, seq)
+        self.force_region_copy()
+
+
+class _NewSession(Exception):
+    """The link reconnected during a pass: act on the new session first."""
+
+
+def _done() -> concurrent.futures.Future[Any]:
+    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    done.set_result(None)
+    return done
+
+
+def _clip(start: int, end: int, size: int) -> Iterator[tuple[int, int]]:
+    end = min(end, size)
+    if end > start:
+        yield start, end - start
+
+
+def _block_digests(data: bytes, block: int) -> list[bytes]:
+    from firmware.mirror.link.frames import block_digests
+
+    return block_digests(data, block, DIGEST_ALG)
+
+
+def _differing_runs(ours: list[bytes], theirs: list[bytes], block: int,
+                    length: int) -> Iterator[tuple[int, int]]:
+    """Byte ranges [start, end) of consecutive blocks whose digests differ."""
+    run_start: int | None = None
+    for i, digest in enumerate(ours):
+        same = i < len(theirs) and theirs[i] == digest
+        if not same and run_start is None:
+            run_start = i
+        elif same and run_start is not None:
+            yield run_start * block, min(i * block, length)
+            run_start = None
+    if run_start is not None:
+        yield run_start * block, length

@@ -8,9 +8,11 @@ evict). Policies see the record only through ``RecordView``.
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import OrderedDict
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 
@@ -142,3 +144,285 @@ class SequentialLru:
             if view.evictable(region):
                 quiet.append(region)
         return quiet
+
+
+# -- the cost-aware policy ------------------------------------------------------------
+#
+# One exchange rate prices everything: ``hold_cost`` bytes x writes of resync
+# exposure are worth one NVRAM update. Time is counted in host writes, the
+# instants at which a crash's resync is measured. Every region in the record
+# carries an expiry on that clock; past it, the region is shed with the next
+# miss's transaction (free) or by ``idle`` when a dedicated update pays off
+# (rent or buy). The expiries follow from the rate:
+#
+# - a region the host wrote: kept ``hold_cost / region_size`` writes after its
+#   last write if it has been rewritten (it has shown reuse), a fraction of that
+#   if written once — most once-written regions are never written again;
+# - a region written by a sequential stream: ``hold_cost / look_ahead`` writes,
+#   since a later pass over it is predicted again for a share of one update;
+# - look-ahead of a stream: ``sqrt(2 * hold_cost * rate)`` bytes, where the
+#   rate is the stream's bytes per host write: holding L bytes ahead costs about
+#   L/2 x L/rate, which balances one update saved per L bytes;
+# - a random miss admits the aligned block around it that the rate affords for
+#   a burst of writes (first writes near one another come in bursts).
+
+
+@dataclass
+class CostAwareConfig:
+    # Bytes x host writes of resync worth one NVRAM update: the operating point.
+    hold_cost: float = float(64 << 30)
+    # Once-written regions are kept this fraction of a rewritten region's time.
+    once_written_share: float = 1 / 8
+    # Host writes a random miss's admitted neighbourhood is meant to last at least.
+    burst_writes: int = 256
+    # Largest neighbourhood admitted around a random miss.
+    max_admit_bytes: int = 64 << 20
+    # Streams tracked at once, the hole a stream may skip, and how far ahead of its
+    # own length a young stream may predict.
+    max_streams: int = 32
+    max_gap: int = 128 * 1024
+    ahead_per_stream_byte: int = 16
+    # Regions shed recently, remembered so that a rewrite of one counts as reuse.
+    ghost_regions: int = 65536
+
+
+class _Run:
+    """A sequential stream: where it goes next, how much and how fast it wrote."""
+
+    __slots__ = ("next_offset", "bytes", "first_write")
+
+    def __init__(self, next_offset: int, length: int, first_write: int) -> None:
+        self.next_offset = next_offset
+        self.bytes = length
+        self.first_write = first_write
+
+
+_RETRY_WRITES = 16  # a region due but still dirty is looked at again this much later
+
+
+class CostAwarePolicy:
+    """Prediction and eviction priced by one exchange rate (see CostAwareConfig)."""
+
+    def __init__(self, config: CostAwareConfig | None = None) -> None:
+        self.config = config or CostAwareConfig()
+        self._clock = 0  # host writes observed
+        self._shift = 16
+        self._nregions = 0
+        self._expiry: dict[int, int] = {}  # region -> write clock past which it may go
+        # (expiry, first region, count): regions sharing an expiry; stale entries are
+        # skipped by comparing with _expiry.
+        self._due: list[tuple[int, int, int]] = []
+        self._ready: list[int] = []  # past their expiry, to shed at the next chance
+        self._fresh: set[int] = set()  # members added by prediction, not written yet
+        self._reused: set[int] = set()  # members that were written twice or more
+        self._ghosts: OrderedDict[int, None] = OrderedDict()
+        self._runs: OrderedDict[int, _Run] = OrderedDict()  # by next offset
+        self._run: _Run | None = None  # the stream of the latest write, if any
+        self._last_miss = 0
+        self._miss_gap = 64.0  # smoothed host writes between misses
+        self._view: RecordView | None = None
+
+    # -- RecordPolicy ----------------------------------------------------------------
+
+    def attach(self, view: RecordView) -> None:
+        self._view = view
+        self._shift = view.region_shift
+        self._nregions = view.nregions
+        regions = [region for region, _touched in view.lru()]
+        for region in regions:  # found at start-up: treat as written once, just now
+            self._expiry[region] = 0
+        if regions:
+            self._ready.extend(regions)
+
+    def observe(self, offset: int, length: int) -> None:
+        self._clock += 1
+        clock = self._clock
+        run = self._follow(offset, length, clock)
+        shift = self._shift
+        first, last = offset >> shift, (offset + max(length, 1) - 1) >> shift
+        span = range(first, last + 1)
+        cfg = self.config
+        size = 1 << shift
+        expiry_map, due = self._expiry, self._due
+        if run is not None:
+            expiry = clock + max(1, int(cfg.hold_cost / max(size, self._ahead(run, clock))))
+            for region in span:
+                expiry_map[region] = expiry
+            heapq.heappush(due, (expiry, first, len(span)))
+        else:
+            keep = cfg.hold_cost / size
+            expiry_once = clock + max(1, int(keep * cfg.once_written_share))
+            expiry_reused = clock + max(1, int(keep))
+            reused, ghosts, fresh = self._reused, self._ghosts, self._fresh
+            view = self._view
+            for region in span:
+                # Written again while recorded, or soon after it was shed: reuse.
+                if region in reused or region in ghosts or (
+                        view is not None and region not in fresh and view.contains(region)):
+                    reused.add(region)
+                    expiry_map[region] = expiry_reused
+                else:
+                    expiry_map[region] = expiry_once
+            heapq.heappush(due, (expiry_once, first, len(span)))
+            heapq.heappush(due, (expiry_reused, first, len(span)))
+        self._fresh.difference_update(span)
+
+    def predict(self, view: RecordView, offset: int, length: int) -> list[int]:
+        clock = self._clock
+        self._miss_gap += 0.2 * ((clock - self._last_miss) - self._miss_gap)
+        self._last_miss = clock
+        shift = self._shift
+        size = 1 << shift
+        run = self._run
+        cfg = self.config
+        if run is not None:
+            ahead = self._ahead(run, clock)
+            rate = self._rate(run, clock)
+            start = ((offset + length - 1) >> shift) + 1
+            stop = min(self._nregions, start + max(1, ahead >> shift))
+            expiry = clock + int(2 * ahead / rate) + _RETRY_WRITES
+        else:
+            block = size
+            while (block * 2 <= cfg.max_admit_bytes
+                   and block * 2 * cfg.burst_writes <= cfg.hold_cost):
+                block *= 2
+            if block == size:
+                return []
+            start = (offset // block * block) >> shift
+            stop = min(self._nregions, start + (block >> shift))
+            expiry = clock + max(1, int(cfg.hold_cost / block))
+        added = [r for r in range(start, stop) if not view.contains(r)]
+        if added:
+            expiry_map = self._expiry
+            for region in added:
+                expiry_map[region] = expiry
+            self._fresh.update(added)
+            heapq.heappush(self._due, (expiry, start, stop - start))
+        return added
+
+    def victims(self, view: RecordView, need: int, protect: set[int]) -> list[int]:
+        chosen = self._take_due(view, protect)
+        if len(chosen) < need:
+            # Over capacity: the earliest expiries go first, due or not.
+            taken = set(chosen)
+            by_expiry = sorted(self._expiry.items(), key=lambda item: item[1])
+            for region, _expiry in by_expiry:
+                if len(chosen) >= need:
+                    break
+                if region not in taken and region not in protect and view.evictable(region):
+                    chosen.append(region)
+                    self._forget(region)
+        return chosen
+
+    def idle(self, view: RecordView, now: float) -> list[int]:
+        self._collect_due()
+        if not self._ready:
+            return []
+        # Rent or buy: shedding now costs an update; waiting for the next miss costs
+        # holding the due regions until then.
+        waiting = max(self._miss_gap, self._clock - self._last_miss)
+        if len(self._ready) * (1 << self._shift) * waiting < self.config.hold_cost:
+            return []
+        return self._take_due(view, ())
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _follow(self, offset: int, length: int, clock: int) -> _Run | None:
+        """Track streams; the stream this write continues (None: not sequential)."""
+        runs = self._runs
+        run = runs.pop(offset, None)
+        if run is None:
+            gap = self.config.max_gap
+            for key, candidate in runs.items():
+                if key <= offset <= key + gap:
+                    run = candidate
+                    del runs[key]
+                    break
+        if run is not None:
+            run.bytes += length
+            run.next_offset = offset + length
+            runs[run.next_offset] = run
+            self._run = run
+            return run
+        runs[offset + length] = _Run(offset + length, length, clock)
+        if len(runs) > self.config.max_streams:
+            runs.popitem(last=False)
+        self._run = None
+        return None
+
+    @staticmethod
+    def _rate(run: _Run, clock: int) -> float:
+        return run.bytes / max(1, clock - run.first_write + 1)
+
+    def _ahead(self, run: _Run, clock: int) -> int:
+        cfg = self.config
+        return int(min(math.sqrt(2 * cfg.hold_cost * self._rate(run, clock)),
+                       cfg.ahead_per_stream_byte * run.bytes))
+
+    def _collect_due(self) -> None:
+        clock, due, expiry_map, ready = self._clock, self._due, self._expiry, self._ready
+        while due and due[0][0] <= clock:
+            expiry, first, count = heapq.heappop(due)
+            for region in range(first, first + count):
+                if expiry_map.get(region) == expiry:
+                    ready.append(region)
+
+    def _take_due(self, view: RecordView, protect: Collection[int]) -> list[int]:
+        self._collect_due()
+        chosen: list[int] = []
+        later: list[int] = []
+        expiry_map = self._expiry
+        clock = self._clock
+        for region in self._ready:
+            expiry = expiry_map.get(region)
+            if expiry is None or expiry > clock:
+                continue  # written again since it fell due
+            if not view.contains(region):
+                self._forget(region)
+            elif region in protect or not view.evictable(region):
+                later.append(region)
+            else:
+                chosen.append(region)
+                self._forget(region, ghost=True)
+        self._ready = []
+        if later:
+            retry = clock + _RETRY_WRITES
+            for region in later:
+                expiry_map[region] = retry
+                heapq.heappush(self._due, (retry, region, 1))
+        return chosen
+
+    def _forget(self, region: int, ghost: bool = False) -> None:
+        """The region leaves the record; a written one is remembered a while as a ghost."""
+        self._expiry.pop(region, None)
+        self._reused.discard(region)
+        if region in self._fresh:
+            self._fresh.discard(region)
+        elif ghost:
+            ghosts = self._ghosts
+            ghosts[region] = None
+            if len(ghosts) > self.config.ghost_regions:
+                ghosts.popitem(last=False)
+
+
+# -- the appliance's operating points -----------------------------------------------
+
+POINTS: dict[str, CostAwareConfig] = {
+    # Few updates: a rewritten 64 KiB region stays about a million writes, a random
+    # miss admits the 64 MiB around it for a thousand writes, streams look far ahead.
+    "latency-first": CostAwareConfig(hold_cost=float(64 << 30)),
+    # Little resync: a rewritten 64 KiB region stays about two thousand writes,
+    # a random miss admits only what a burst of 256 writes pays for (512 KiB).
+    "recovery-first": CostAwareConfig(hold_cost=float(128 << 20)),
+}
+DEFAULT_POINT = "recovery-first"
+
+
+def make_policy(point: str = DEFAULT_POINT) -> CostAwarePolicy:
+    """The policy of a named operating point ("latency-first" or "recovery-first")."""
+    try:
+        config = POINTS[point]
+    except KeyError:
+        raise ValueError(f"unknown operating point {point!r} "
+                         f"(one of {', '.join(POINTS)})") from None
+    return CostAwarePolicy(replace(config))

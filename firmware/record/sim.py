@@ -18,14 +18,13 @@ the baselines in :mod:`firmware.record.baselines` implement the same ``Model``.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from firmware.record.layout import BITMAP_OFFSET, Geometry
+from firmware.record.layout import Geometry
 from firmware.record.policy import RecordPolicy
 from firmware.record.record import Record, RecordFull
 from firmware.record.store import NullRecordStore
@@ -221,12 +220,3 @@ class TandemModel:
 
     def updates(self) -> int:
         return self.record.counters.nvram_updates
-
-
-def region_bitmap_capacity(nvram_bytes: int) -> int:
-    """How many regions a record in ``nvram_bytes`` of NVRAM can describe."""
-    return max(0, (nvram_bytes - BITMAP_OFFSET) // 2) * 8
-
-
-def sorted_insert(values: list[float], value: float) -> None:
-    bisect.insort(values, value)

@@ -85,6 +85,9 @@ class NvramRecordStore:
         self._generation = 0
         # After a failed transaction the NVRAM may hold any mix: rewrite it all next time.
         self._rewrite_all = False
+        self._staged: set[int] = set()  # bitmap bytes changed since the last transaction
+        self.transactions = 0
+        self.bytes_written = 0
 
     @property
     def nvram(self) -> Nvram:
@@ -158,16 +161,42 @@ class NvramRecordStore:
         self._rewrite_all = False
 
     def commit(self, add: Iterable[int], remove: Iterable[int]) -> int:
+        self.stage(add, remove)
+        return self.write_staged(self.take_staged())
+
+    # A commit in two halves, for group commit (firmware/volume/group_commit.py): stage
+    # changes on the event loop, write them from a worker thread, one transaction for
+    # everything staged since the last one.
+
+    def stage(self, add: Iterable[int], remove: Iterable[int]) -> None:
+        """Apply a change to the shadow bitmap; it reaches NVRAM with the next write."""
         if self._geometry is None:
             raise LayoutError("record store used before load() or format()")
-        changed = _apply(self._bitmap, add, remove)
-        runs = [(0, len(self._bitmap))] if self._rewrite_all else _runs(changed)
-        if not runs:
+        self._staged.update(_apply(self._bitmap, add, remove))
+
+    def take_staged(self) -> list[tuple[int, bytes]]:
+        """The NVRAM writes (offset, bytes) that persist everything staged so far."""
+        if self._rewrite_all:
+            runs = [(0, len(self._bitmap))]
+        else:
+            runs = _runs(sorted(self._staged))
+        self._staged.clear()
+        return [(BITMAP_OFFSET + 2 * start, encode_pairs(self._bitmap[start:end]))
+                for start, end in runs]
+
+    def write_staged(self, writes: list[tuple[int, bytes]]) -> int:
+        """Perform one transaction (may run in a worker thread); return bytes written."""
+        if not writes:
             return 0
-        self._rewrite_all = True  # until the write below has fully returned
-        written = self._write_bitmap_runs(runs)
+        self._rewrite_all = True  # until every write below has fully returned
+        written = 0
+        for offset, data in writes:
+            self._nvram.write(offset, data)
+            written += len(data)
         self._nvram.barrier()
         self._rewrite_all = False
+        self.transactions += 1
+        self.bytes_written += written
         return written
 
     def barrier(self) -> None:

@@ -36,7 +36,7 @@ class TraceError(ValueError):
     """The file is not a trace in the expected format."""
 
 
-# A parsed request: (time in seconds, disk, is_write, offset, length).
+# A parsed request: (time, disk, is_write, offset, length); time in seconds or ticks.
 _Request = tuple[float, str, bool, int, int]
 
 
@@ -66,12 +66,10 @@ def parse_trace(lines: Iterable[str], fmt: str = "auto", disk: str | None = None
         fmt = detect_format(head[0])
     allines = _chain(head, it)
     if fmt == "msr":
-        requests = list(_parse_msr(allines))
-    elif fmt == "spc":
-        requests = list(_parse_spc(allines))
-    else:
-        requests = _parse_blkparse(allines)
-    return _lay_out(requests, disk, name)
+        return _lay_out(list(_parse_msr(allines)), disk, name, _FILETIME_TICKS_PER_S)
+    if fmt == "spc":
+        return _lay_out(list(_parse_spc(allines)), disk, name)
+    return _lay_out(_parse_blkparse(allines), disk, name)
 
 
 def detect_format(line: str) -> str:
@@ -111,7 +109,9 @@ def _parse_msr(lines: Iterable[str]) -> Iterator[_Request]:
             size = int(fields[5])
         except (IndexError, ValueError) as exc:
             raise TraceError(f"line {number}: not an MSR record: {line.strip()[:80]!r}") from exc
-        yield ticks / _FILETIME_TICKS_PER_S, fields[2].strip(), kind == "write", offset, size
+        # Ticks stay integers until the start is subtracted: FILETIME values are too
+        # large for a float to keep their 100 ns resolution.
+        yield ticks, fields[2].strip(), kind == "write", offset, size
 
 
 def _parse_spc(lines: Iterable[str]) -> Iterator[_Request]:
@@ -154,7 +154,8 @@ def _parse_blkparse(lines: Iterable[str]) -> list[_Request]:
     return []
 
 
-def _lay_out(requests: list[_Request], disk: str | None, name: str) -> TraceWrites:
+def _lay_out(requests: list[_Request], disk: str | None, name: str,
+             ticks_per_s: float = 1.0) -> TraceWrites:
     if disk is not None:
         requests = [r for r in requests if r[1] == disk]
         if not requests:
@@ -171,7 +172,7 @@ def _lay_out(requests: list[_Request], disk: str | None, name: str) -> TraceWrit
     start = min((r[0] for r in requests), default=0.0)
     for time, d, is_write, offset, size in requests:
         if is_write:
-            out.append(time - start, base[d] + offset, size)
+            out.append((time - start) / ticks_per_s, base[d] + offset, size)
     return out
 
 

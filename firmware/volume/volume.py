@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from firmware.mirror.mirror import Mirror
 from firmware.record.record import Record, RecordFull
+from firmware.volume.group_commit import GroupCommitStore
 from firmware.volume.target import TargetError
 from hal.media.base import Medium
 from hal.nvram.base import NvramError
@@ -27,9 +28,13 @@ class Volume:
     """A BlockTarget: the appliance's virtual disk."""
 
     def __init__(self, local: Medium, record: Record, mirror: Mirror, *,
-                 read_only: bool = False, clock: Callable[[], float] = time.monotonic) -> None:
+                 read_only: bool = False, clock: Callable[[], float] = time.monotonic,
+                 commits: GroupCommitStore | None = None) -> None:
         self.local = local
         self.record = record
+        # When the record's store is a GroupCommitStore (the appliance), misses are
+        # persisted off the event loop and writes wait here for their transaction.
+        self._commits = commits
         self.mirror = mirror
         self._size = local.size
         self._read_only = read_only
@@ -103,6 +108,8 @@ class Volume:
         try:
             # The record first: on the simulated board it is a file that must not be
             # less durable than the data it describes.
+            if self._commits is not None:
+                await self._commits.durable()
             self.record.flush()
             await loop.run_in_executor(None, self.local.flush)
         except NvramError as exc:
@@ -126,19 +133,31 @@ class Volume:
     async def _begin(self, offset: int, length: int) -> int:
         while True:
             try:
-                return self.record.begin_write(offset, length, self._clock())
+                seq = self.record.begin_write(offset, length, self._clock())
+                break
             except RecordFull:
                 self._room.clear()
                 await self._room.wait()
             except NvramError as exc:
                 raise self._nvram_failed(exc) from exc
+        if self._commits is not None:
+            # Write-ahead: the regions must be in NVRAM before the data goes anywhere,
+            # also when this write hits a region another write's transaction added.
+            batch = self._commits.must_wait(self.record.span(offset, length))
+            if batch:
+                try:
+                    await self._commits.durable(batch)
+                except OSError as exc:
+                    self.record.end_write(offset, length, seq)
+                    raise self._nvram_failed(exc) from exc
+        return seq
 
     def _end(self, offset: int, length: int, seq: int) -> None:
         self.record.end_write(offset, length, seq)
         if not self._room.is_set():
             self._room.set()  # an ended write may have made its regions evictable
 
-    def _nvram_failed(self, exc: NvramError) -> TargetError:
+    def _nvram_failed(self, exc: OSError) -> TargetError:
         # Without a persisted record the invariant cannot be kept: refuse the write.
         self.nvram_error = str(exc)
         log.error("NVRAM update failed, write refused: %s", exc)

@@ -2,7 +2,7 @@
 
 Spec tables (keys not listed are an error, so profile typos do not pass silently):
 
-``{"kind": "file", "path": str, "size": int, "sync": bool = True}``
+``{"kind": "file", "path": str, "size": int, "sync": bool | "process" = True}``
     :class:`~hal.nvram.file_fram.FileFram` -- the simulated board.
 ``{"kind": "spi", "bus": int, "cs": int, "speed_hz": int, "max_transfer": int = 4096,
 "mode": int = 0, "size": int | None}``

@@ -4,7 +4,11 @@ The file holds exactly ``size`` bytes. With ``sync`` (the default) it is opened
 O_DSYNC, so a write is durable when it returns -- the way a FRAM write is done when
 its SPI frame ends -- and ``barrier`` has nothing to do. Without ``sync`` the page
 cache holds writes until ``barrier`` (fdatasync); that is faster for tests that
-do not crash the machine.
+do not crash the machine. With ``sync="process"`` writes go to the page cache and
+``barrier`` does nothing: the FRAM then lives as long as the host's kernel does,
+which is what the simulated board models -- its power cut is the appliance
+process dying (kill -9), not the host crashing -- and a record update costs what
+it costs on FRAM (microseconds), not a journal commit of the host's file system.
 
 Power cuts (for crash-consistency tests of the layers above)::
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from typing import Literal
 
 from hal.nvram.base import NvramError, PowerLost, check_range
 from hal.nvram.stats import NvramStats
@@ -38,13 +43,16 @@ class FileFram:
     two instances never share one FRAM.
     """
 
-    def __init__(self, path: str | os.PathLike[str], size: int, *, sync: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], size: int, *,
+                 sync: bool | Literal["process"] = True) -> None:
+        if sync not in (True, False, "process"):
+            raise ValueError(f"sync must be true, false or 'process', not {sync!r}")
         if size <= 0:
             raise ValueError(f"FRAM size must be positive, not {size}")
         self._path = os.fspath(path)
         self._size = size
         self._sync = sync
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_DSYNC if sync else 0)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (os.O_DSYNC if sync is True else 0)
         try:
             fd = os.open(self._path, flags, 0o644)
         except OSError as exc:
@@ -59,7 +67,7 @@ class FileFram:
             actual = os.fstat(fd).st_size
             if actual == 0:
                 os.ftruncate(fd, size)
-                if sync:
+                if sync is True:
                     os.fsync(fd)
                     self._sync_directory()
             elif actual != size:
@@ -142,7 +150,7 @@ class FileFram:
 
     def barrier(self) -> None:
         fd = self._live_fd()
-        if not self._sync:
+        if self._sync is False:
             os.fdatasync(fd)
 
     def close(self) -> None:

@@ -101,7 +101,8 @@ def test_model_promises_only_what_a_flush_covered() -> None:
     assert model.check_and_rebase(image) == (2, [])
     # Now block 0 must hold 1: zeroes there is a lost write.
     model.issue(range(0, 1), 3)
-    checked, failures = model.check_and_rebase(bytes(4 * BLOCK))
+    checked, failures = model.check_and_rebase(bytes(BLOCK) + block_image(1, 1)
+                                               + bytes(2 * BLOCK))
     assert checked == 0 and len(failures) == 1 and "block 0" in failures[0]
 
 

@@ -137,3 +137,18 @@ def test_commands_queued_before_start_are_served():
         (done,) = await wait_for(device, 1)
         assert done.status == 0
     serve(kernel, scenario)
+
+
+def test_a_broken_ring_stops_the_handler_instead_of_guessing():
+    kernel = KernelRing()
+    kernel.queue_raw(1, 0)                      # a CMD entry of length 0
+    kernel.mailbox.cmd_head = 8
+
+    async def main() -> None:
+        device = FakeUio(kernel)
+        handler = TcmuHandler(device, ScsiDisk(MemoryTarget(8 * BS), DiskIdentity(serial="B")))
+        handler.start()
+        assert handler.broken is not None
+        await handler.close()
+        device.close()
+    asyncio.run(main())

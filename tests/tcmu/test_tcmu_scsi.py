@@ -30,6 +30,7 @@ def target() -> MemoryTarget:
 @pytest.fixture
 def disk(target) -> ScsiDisk:
     return ScsiDisk(target, DiskIdentity(serial="T3ST0001", max_transfer_blocks=256,
+                                         optimal_transfer_blocks=64,
                                          max_unmap_descriptors=4, max_write_same_blocks=512))
 
 
@@ -136,6 +137,7 @@ def test_block_limits_page(disk):
     assert data[4] & 0x01                       # WSNZ
     assert int.from_bytes(data[6:8], "big") == 8            # 4 KiB granularity
     assert int.from_bytes(data[8:12], "big") == 256         # maximum transfer length
+    assert int.from_bytes(data[12:16], "big") == 64         # optimal transfer length
     assert int.from_bytes(data[24:28], "big") == 4          # unmap descriptors
     assert int.from_bytes(data[36:44], "big") == 512        # write same length
 

@@ -15,7 +15,13 @@ from collections import deque
 from typing import Protocol
 
 from firmware.frontends.tcmu import sense as sk
-from firmware.frontends.tcmu.ring import Command, CommandRing, TaskManagement, UnknownEntry
+from firmware.frontends.tcmu.ring import (
+    Command,
+    CommandRing,
+    RingError,
+    TaskManagement,
+    UnknownEntry,
+)
 from firmware.frontends.tcmu.scsi import ScsiDisk, ScsiResult, wants_data_out
 
 log = logging.getLogger(__name__)
@@ -35,16 +41,18 @@ class RingDevice(Protocol):
 class TcmuHandler:
     """Serves one TCMU ring with one ScsiDisk."""
 
-    def __init__(self, device: RingDevice, disk: ScsiDisk) -> None:
+    def __init__(self, device: RingDevice, disk: ScsiDisk,
+                 ring: CommandRing | None = None) -> None:
         self._device = device
         self._disk = disk
-        self._ring = CommandRing(device.mapping)  # type: ignore[arg-type]
+        self._ring = ring or CommandRing(device.mapping)  # type: ignore[arg-type]
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_order: deque[int] = deque()     # cmd_ids in ring order (no CAP_OOOC)
         self._finished: dict[int, tuple[ScsiResult, int | None]] = {}
         self._notify_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commands_done = 0
+        self.broken: RingError | None = None
 
     @property
     def in_flight(self) -> int:
@@ -71,7 +79,17 @@ class TcmuHandler:
 
     def _drain(self) -> None:
         tail = self._ring.tail
-        for event in self._ring.take():
+        try:
+            events = self._ring.take()
+        except RingError as exc:
+            # Nothing sane can be answered from a ring we cannot parse: stop reading it.
+            # The kernel times the commands out (cmd_time_out) and a restart resets it.
+            log.critical("TCMU ring is broken, no longer serving it: %s", exc)
+            self.broken = exc
+            if self._loop is not None:
+                self._loop.remove_reader(self._device.fd)
+            return
+        for event in events:
             if isinstance(event, Command):
                 if not self._ring.out_of_order:
                     self._in_order.append(event.cmd_id)

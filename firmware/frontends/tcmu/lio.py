@@ -48,8 +48,10 @@ class LioSettings:
     size: int
     serial: str
     block_size: int = 512
-    hw_max_sectors: int = 2048          # largest command in blocks; keep = DiskIdentity's limit
-    max_data_area_mb: int = 64          # ring data area (the kernel queues when it is full)
+    hw_max_sectors: int = 65536         # largest command in blocks; keep = DiskIdentity's limit
+    max_data_area_mb: int = 64          # ring data area: holds the largest command (32 MiB)
+                                        # twice; the kernel queues commands when it is full
+    cmd_ring_size_mb: int | None = None  # command ring size (kernel default 8 MiB)
     tcm_loop: bool = False
     iscsi_portal: tuple[str, int] | None = None
     iscsi_iqn: str | None = None
@@ -95,6 +97,18 @@ class LioExport:
             raise LioError(f"LIO is not available: {exc}") from exc
         self.storage_object: rtslib_fb.UserBackedStorageObject | None = None
         self.adopted = False
+        self._ensure_dbroot()
+
+    def _ensure_dbroot(self) -> None:
+        """The kernel keeps persistent-reservation and ALUA state under its db_root
+        (/etc/target unless set); without the directories PR OUT fails with
+        LOGICAL UNIT COMMUNICATION FAILURE, because the APTPL file cannot be written."""
+        try:
+            dbroot = Path((CONFIGFS_TARGET / "dbroot").read_text().strip())
+            for sub in ("pr", "alua"):
+                (dbroot / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("LIO db_root not usable (persistent reservations will fail): %s", exc)
 
     # -- the storage object ------------------------------------------------------------
 
@@ -114,6 +128,8 @@ class LioExport:
                         s.name, existing.config, existing.size)
             existing.delete()
         control = f"max_data_area_mb={s.max_data_area_mb},hw_block_size={s.block_size}"
+        if s.cmd_ring_size_mb:
+            control += f",cmd_ring_size_mb={s.cmd_ring_size_mb}"
         try:
             self.storage_object = rts.UserBackedStorageObject(
                 s.name, config=s.config, size=s.size, wwn=s.serial,

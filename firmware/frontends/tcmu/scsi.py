@@ -81,7 +81,10 @@ class DiskIdentity:
     vendor: str = "TANDEM"
     product: str = "MIRROR VOLUME"
     revision: str = "0001"
-    max_transfer_blocks: int = 2048         # keep equal to LIO's hw_max_sectors
+    # Largest READ/WRITE accepted (32 MiB at 512-byte blocks; the TCMU data area must hold
+    # it) and the size initiators should use (Linux sizes its requests by it: 1 MiB).
+    max_transfer_blocks: int = 65536
+    optimal_transfer_blocks: int = 2048
     max_unmap_blocks: int = 0x100000
     max_unmap_descriptors: int = 256
     max_write_same_blocks: int = 0x100000
@@ -499,7 +502,8 @@ class ScsiDisk:
         granularity = max(1, self.target.preferred_block_size // self.block_size)
         struct.pack_into(">H", body, 2, granularity)
         struct.pack_into(">I", body, 4, ident.max_transfer_blocks)
-        struct.pack_into(">I", body, 8, ident.max_transfer_blocks)
+        struct.pack_into(">I", body, 8, min(ident.optimal_transfer_blocks,
+                                            ident.max_transfer_blocks))
         struct.pack_into(">I", body, 16, ident.max_unmap_blocks)
         struct.pack_into(">I", body, 20, ident.max_unmap_descriptors)
         struct.pack_into(">I", body, 24, granularity)

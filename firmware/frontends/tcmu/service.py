@@ -69,7 +69,7 @@ async def start_tcmu_frontend(target: BlockTarget, name: str, *, tcm_loop: bool,
                               iscsi_portal: str | None, iscsi_iqn: str | None,
                               iscsi_initiators: tuple[str, ...] = (),
                               chap: Chap | None = None, serial: str | None = None,
-                              volume: str | None = None, max_transfer_blocks: int = 2048,
+                              volume: str | None = None, max_transfer_blocks: int = 65536,
                               max_data_area_mb: int = 64) -> TcmuFrontend:
     """Export ``target`` through LIO as storage object user/``name``; serve it over TCMU."""
     serial = serial or default_serial(name)

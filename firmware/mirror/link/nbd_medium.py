@@ -9,18 +9,25 @@ but a link cut in the middle of a run leaves part of the run on the export
 (so the copy is only crash-consistent at flush points; the mirror re-sends the
 run's regions from its record). Failures are reported as by RemoteMedium: once
 the connection dies, the next pwrite/write_zeroes/flush raises MediumError
-(the writes since the last flush may be lost), and the call after it reconnects.
+(the writes since the last flush may be lost), and the call after it reconnects;
+reset() drops a pending report.
+
+With ``size`` (the volume's), nothing connects until the first call, so an
+appliance starts while its target is down (the mirror retries); the export must
+then be at least that large. ``rate_limit`` caps the bytes/s written.
 """
 
 from __future__ import annotations
 
 import errno
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import nbd
 
+from firmware.mirror.link.net import TokenBucket
 from hal.media.base import MediumError
 
 CHUNK = 8 * 1024 * 1024  # bytes per NBD request (servers commonly take up to 32 MiB)
@@ -30,29 +37,75 @@ T = TypeVar("T")
 
 
 class NbdMedium:
-    def __init__(self, uri: str, *, name: str | None = None) -> None:
+    def __init__(self, uri: str, *, name: str | None = None, size: int | None = None,
+                 rate_limit: float | None = None) -> None:
         self._uri = uri
         self._name = name or uri
         self._lock = threading.Lock()
         self._unflushed = False
         self._dead: MediumError | None = None
         self._closed = False
-        self._handle = self._connect()
-        self._size = self._handle.get_size()
-        self._can_zero = self._handle.can_zero()
-        self._can_trim = self._handle.can_trim()
-        self._can_flush = self._handle.can_flush()
-        self.read_only = bool(self._handle.is_read_only())
+        self._bucket: TokenBucket | None = None
+        self.rate_limit = rate_limit
+        self.bytes_sent = 0  # data written (payload only)
+        self.sessions = 0
+        self._handle: nbd.NBD | None = None
+        self._size = size if size is not None else 0
+        if size is None:
+            self._handle = self._connect()
 
     def _connect(self) -> nbd.NBD:
         handle = nbd.NBD()
         handle.set_handle_name("tandem-mirror")
         try:
             handle.connect_uri(self._uri)
+            size = handle.get_size()
+            self._can_zero = handle.can_zero()
+            self._can_trim = handle.can_trim()
+            self._can_flush = handle.can_flush()
+            self.read_only = bool(handle.is_read_only())
         except nbd.Error as exc:
             raise MediumError(_errno(exc, errno.ECONNREFUSED),
                               f"{self._name}: cannot connect: {exc.string}") from None
+        if self._size and size < self._size:
+            with _quietly():
+                handle.shutdown()
+            raise MediumError(errno.ENOSPC, f"{self._name}: {size} bytes, the volume needs "
+                                            f"{self._size}")
+        if not self._size:
+            self._size = size
+        self.sessions += 1
         return handle
+
+    @property
+    def rate_limit(self) -> float | None:
+        return self._bucket.rate if self._bucket else None
+
+    @rate_limit.setter
+    def rate_limit(self, rate: float | None) -> None:
+        self._bucket = TokenBucket(rate) if rate else None
+
+    def _pace(self, n: int) -> None:
+        bucket = self._bucket
+        if bucket is not None:
+            delay = bucket.delay(n, time.monotonic())
+            if delay > 0:
+                time.sleep(delay)
+        self.bytes_sent += n
+
+    def reset(self) -> None:
+        """Forget a pending loss report: the caller has written its run off."""
+        with self._lock:
+            self._unflushed = False
+
+    def connect(self) -> None:
+        """Connect now if not connected (the first call or one after a failure would)."""
+        self._call(lambda h: None)
+
+    def status(self) -> dict[str, object]:
+        return {"remote": self._name, "connected": self.connected,
+                "rate_limit": self.rate_limit, "sent_bytes": self.bytes_sent,
+                "failure": str(self._dead) if self._dead else None}
 
     @property
     def size(self) -> int:
@@ -64,7 +117,7 @@ class NbdMedium:
 
     @property
     def connected(self) -> bool:
-        return self._dead is None and not self._closed
+        return self._handle is not None and self._dead is None and not self._closed
 
     def _call(self, op: Callable[[nbd.NBD], T], writes: bool = False) -> T:
         """Run one libnbd call; reconnect first if the last connection died between runs."""
@@ -76,8 +129,10 @@ class NbdMedium:
                     if writes:
                         self._unflushed = False
                     raise MediumError(self._dead.errno, self._dead.strerror)
-                self._handle = self._connect()
+                self._handle = None  # libnbd closes a handle when it is collected
                 self._dead = None
+            if self._handle is None:
+                self._handle = self._connect()
             handle = self._handle
         try:
             result = op(handle)
@@ -112,11 +167,14 @@ class NbdMedium:
         view = memoryview(data)
         for start in range(0, len(data), CHUNK):
             chunk = bytes(view[start:start + CHUNK])
+            self._pace(len(chunk))
             self._call(lambda h, chunk=chunk, start=start: h.pwrite(chunk, offset + start),
                        writes=True)
 
     def write_zeroes(self, offset: int, length: int, punch: bool = False) -> None:
         self._check(offset, length)
+        if self._handle is None:
+            self.connect()
         if not self._can_zero:
             zeroes = bytes(min(length, CHUNK))
             for start in range(offset, offset + length, CHUNK):
@@ -135,6 +193,8 @@ class NbdMedium:
             if unflushed:
                 raise MediumError(dead.errno, dead.strerror)
             return
+        if self._handle is None:
+            return  # never connected: nothing written
         if self._can_flush:
             self._call(lambda h: h.flush())
 
@@ -143,13 +203,24 @@ class NbdMedium:
             if self._closed:
                 return
             self._closed = True
-            handle = self._handle
+            handle, self._handle = self._handle, None
+        if handle is None:
+            return
         try:
             if self._dead is None:
                 handle.shutdown()
         except nbd.Error:
             pass
-        del self._handle
+
+
+class _quietly:
+    """Ignore libnbd's errors while tidying up a connection that is going away."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
+        return isinstance(exc, nbd.Error)
 
 
 def _errno(exc: nbd.Error, default: int) -> int:

@@ -12,7 +12,17 @@ pwrite/write_zeroes/flush raises MediumError. That ends the run; the call after
 it reconnects. So a flush() that returns covers every write since the previous
 flush() unless an error was raised in between — a caller must treat any error
 as the loss of its run (the mirror keeps the run's regions in its record).
-pread/digests never consume that report: they raise while it is pending.
+pread/digests never consume that report: they raise while it is pending;
+reset() drops it (the caller has already written its run off).
+
+Pipelining: flush_async() closes the epoch without waiting and returns a
+future for its acknowledgement, so the next run's data can be on the wire
+while the receiver applies the previous one. An epoch closed that way and not
+yet acknowledged when the link breaks counts as lost writes too: the next
+write-path call raises, so a later run can never land on the far side in a new
+session after an earlier one was lost (the remote stays a prefix of the local
+history). ``sessions`` counts successful connects; a caller that must act on
+each new session's Handshake (full sync, resync) compares it between runs.
 
 The link runs on a private asyncio loop in a daemon thread; callers never
 touch sockets. Outgoing frames queue up to ``max_queued`` bytes (then pwrite
@@ -24,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import logging
 import os
 import ssl
 import threading
@@ -51,14 +62,16 @@ from firmware.mirror.link.frames import (
 from firmware.mirror.link.generations import (
     Decision,
     MemoryStateStore,
+    StateFile,
     StateStore,
     SyncState,
 )
-from firmware.mirror.link.net import set_keepalive
+from firmware.mirror.link.net import PACE_SLICE, TokenBucket, set_keepalive
 from hal.media.base import Medium, MediumError
 
+log = logging.getLogger("tandem.link")
+
 READ_SIZE = 1024 * 1024
-PACE_SLICE = 64 * 1024  # bytes sent at a time when a rate cap is set
 
 
 @dataclass(frozen=True)
@@ -69,25 +82,6 @@ class Handshake:
     explanation: str
     remote: SyncState
     remote_size: int
-
-
-class TokenBucket:
-    """Pacing for a rate cap: how long to wait before sending ``n`` more bytes."""
-
-    def __init__(self, rate: float, burst: int | None = None) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.rate = float(rate)
-        self.burst = float(burst if burst is not None else max(PACE_SLICE, rate / 20))
-        self._tokens = self.burst
-        self._last: float | None = None
-
-    def delay(self, n: int, now: float) -> float:
-        if self._last is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        self._tokens -= n
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
 
 class _Link:
@@ -109,6 +103,10 @@ class _Link:
         self.state_waiters: deque[concurrent.futures.Future[Any]] = deque()
         self.progress = 0  # bumped by every slice sent and frame received
         self.tasks: list[asyncio.Task[None]] = []
+        self.newest_ack: concurrent.futures.Future[Any] | None = None  # the last barrier's
+        self.async_epochs: set[int] = set()  # closed by flush_async(), not yet acknowledged
+        self.lost_epochs = False  # the link failed with some of those: a loss to report
+        self.watched = -1  # progress at the watchdog's last look
 
 
 class RemoteMedium:
@@ -150,8 +148,11 @@ class RemoteMedium:
         self._unflushed = False  # writes accepted since the last flush() or error report
         self._closed = False
         self.handshake: Handshake | None = None
+        self.sessions = 0  # successful connects so far
         self.acked_epochs = 0
         self.last_ack: float | None = None  # time.monotonic() of the last durable epoch
+        self.bytes_sent = 0  # on the wire, every session (frames, headers included)
+        self.bytes_received = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"link {host}:{port}")
@@ -190,20 +191,66 @@ class RemoteMedium:
 
     def flush(self) -> None:
         """Close the epoch; return once the receiver has it applied and durable."""
+        link, ack = self._close_epoch()
+        if ack is None:
+            return
+        try:
+            self._wait(link, ack)
+        except MediumError:
+            with self._cond:
+                link.lost_epochs = False  # this raise is the report
+            raise
+
+    def flush_async(self) -> concurrent.futures.Future[Any]:
+        """Close the epoch now; the future resolves once it is applied and durable remotely.
+
+        It fails with MediumError if the link breaks first; the loss is then also
+        reported to the next pwrite/write_zeroes/flush unless reset() is called.
+        Acknowledgements come in epoch order.
+        """
+        link, ack = self._close_epoch(asynchronous=True)
+        if ack is None:
+            done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            done.set_result(None)
+            return done
+        return ack
+
+    def _close_epoch(self, asynchronous: bool = False
+                     ) -> tuple[_Link, concurrent.futures.Future[Any] | None]:
         with self._ops:
             if self._closed:
                 raise MediumError(errno.EBADF, f"{self.name}: closed")
-            if not self._unflushed:
-                return  # every earlier epoch was acknowledged before its flush() returned
-            self._unflushed = False
             link = self._link
+            if not self._unflushed:
+                # Nothing new: wait for the newest epoch still unacknowledged, if any.
+                if link is None:
+                    return link, None  # type: ignore[return-value]
+                with self._cond:
+                    if link.lost_epochs and not asynchronous:
+                        link.lost_epochs = False  # reported now
+                        self._raise_if_failed(link)
+                    ack = link.newest_ack
+                return link, (ack if ack is not None and not ack.done() else None)
+            self._unflushed = False
             assert link is not None  # _unflushed implies a link that accepted writes
             with self._cond:
-                self._raise_if_failed(link)
+                self._raise_if_failed(link, report=True)
                 epoch = link.machine.barrier()
                 ack = link.acks[epoch] = concurrent.futures.Future()
+                link.newest_ack = ack
+                if asynchronous:
+                    link.async_epochs.add(epoch)
                 self._enqueue(link)
-        self._wait(link, ack)
+        return link, ack
+
+    def reset(self) -> None:
+        """Forget a pending loss report: the caller has written off everything unacknowledged."""
+        with self._ops:
+            self._unflushed = False
+            link = self._link
+            if link is not None:
+                with self._cond:
+                    link.lost_epochs = False
 
     def pread(self, offset: int, length: int) -> bytes:
         """Read the remote copy (as of the last epoch the receiver has applied)."""
@@ -256,6 +303,44 @@ class RemoteMedium:
     def digests(self, offset: int, length: int, block_size: int = 4096,
                 alg: str = DEFAULT_DIGEST_ALG) -> list[bytes]:
         """Digests of the remote copy's blocks (checksum resync, verify)."""
+        link, futures = self._request_digests(offset, length, block_size, alg)
+        out: list[bytes] = []
+        for f in futures:
+            out += self._wait(link, f).digests
+        return out
+
+    def digests_async(self, offset: int, length: int, block_size: int = 4096,
+                      alg: str = DEFAULT_DIGEST_ALG) -> concurrent.futures.Future[list[bytes]]:
+        """digests() without waiting: ask now, collect later (overlaps the round trip).
+
+        The receiver answers after applying every epoch closed before the request.
+        """
+        _link, futures = self._request_digests(offset, length, block_size, alg)
+        combined: concurrent.futures.Future[list[bytes]] = concurrent.futures.Future()
+        if not futures:
+            combined.set_result([])
+            return combined
+        remaining = [len(futures)]
+        lock = threading.Lock()
+
+        def one_done(_: concurrent.futures.Future[Any]) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if not last or combined.done():
+                return
+            failed = next((f.exception() for f in futures if f.exception() is not None), None)
+            if failed is not None:
+                combined.set_exception(failed)
+            else:
+                combined.set_result([d for f in futures for d in f.result().digests])
+
+        for f in futures:
+            f.add_done_callback(one_done)
+        return combined
+
+    def _request_digests(self, offset: int, length: int, block_size: int, alg: str
+                         ) -> tuple[_Link, list[concurrent.futures.Future[Any]]]:
         self._check_range(offset, length)
         futures = []
         step = MAX_DIGESTS * block_size
@@ -268,10 +353,7 @@ class RemoteMedium:
                     req = link.machine.request_digests(start, n, block_size, alg)
                     futures.append(link.requests.setdefault(req, concurrent.futures.Future()))
                 self._enqueue(link)
-        out: list[bytes] = []
-        for f in futures:
-            out += self._wait(link, f).digests
-        return out
+        return link, futures
 
     def begin_resync(self) -> SyncState:
         """Mark the remote inconsistent before an out-of-order resync (runs its hook first)."""
@@ -305,6 +387,10 @@ class RemoteMedium:
             "unacked_epochs": len(link.machine.unacked_epochs) if link else 0,
             "rate_limit": self.rate_limit,
             "failure": str(link.failure) if link and link.failure else None,
+            "explanation": h.explanation if h else None,
+            "sessions": self.sessions,
+            "sent_bytes": self.bytes_sent,
+            "received_bytes": self.bytes_received,
         }
 
     # --- caller-thread helpers ----------------------------------------------------------------
@@ -324,13 +410,14 @@ class RemoteMedium:
         link = self._link
         if link is not None and link.failure is None:
             return link
-        if link is not None and self._unflushed:
+        if link is not None and (self._unflushed or link.lost_epochs):
             self._raise_if_failed(link, report)
         self._link = None
         future = asyncio.run_coroutine_threadsafe(self._open(), self._loop)
         link = future.result()
         self._link = link
         self.handshake = link.handshake
+        self.sessions += 1
         if self._on_connect is not None:
             self._on_connect(link.handshake)
         return link
@@ -339,6 +426,7 @@ class RemoteMedium:
         if link.failure is not None:
             if report:
                 self._unflushed = False  # reported: the caller knows its run is lost
+                link.lost_epochs = False
             raise _copy(link.failure)
 
     def _enqueue(self, link: _Link) -> None:
@@ -421,7 +509,8 @@ class RemoteMedium:
             raise
         link = _Link(reader, writer, machine, decoder, handshake)
         link.tasks = [asyncio.create_task(self._pump(link)),
-                      asyncio.create_task(self._read(link))]
+                      asyncio.create_task(self._read(link)),
+                      asyncio.create_task(self._watch(link))]
         return link
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -467,6 +556,7 @@ class RemoteMedium:
                     link.writer.write(chunk)
                     await link.writer.drain()
                     link.progress += 1
+                    self.bytes_sent += len(chunk)
                 else:
                     view = memoryview(chunk)
                     for start in range(0, len(chunk), PACE_SLICE):
@@ -477,11 +567,28 @@ class RemoteMedium:
                         link.writer.write(piece)
                         await link.writer.drain()
                         link.progress += 1
+                        self.bytes_sent += len(piece)
                 with self._cond:
                     link.queued -= len(chunk)
                     self._cond.notify_all()
         except (OSError, RuntimeError) as exc:
             self._fail(link, MediumError(errno.ECONNRESET, f"{self.name}: link lost: {exc}"))
+
+    async def _watch(self, link: _Link) -> None:
+        """Fail a link on which something is awaited and nothing has moved for a timeout.
+
+        Callers of flush()/digests() also watch while they wait; this covers the
+        futures of flush_async(), which nobody waits on in this class.
+        """
+        while link.failure is None:
+            await asyncio.sleep(self._timeout)
+            with self._cond:
+                waiting = bool(link.acks or link.requests or link.state_waiters or link.queued)
+                stuck = waiting and link.progress == link.watched
+                link.watched = link.progress
+            if stuck:
+                self._fail(link, MediumError(errno.ETIMEDOUT,
+                                             f"{self.name}: no answer from the receiver"))
 
     async def _read(self, link: _Link) -> None:
         """Digest the receiver's frames: acks and answers resolve the callers' futures."""
@@ -497,6 +604,7 @@ class RemoteMedium:
                 if not data:
                     raise MediumError(errno.ECONNRESET, f"{self.name}: receiver closed the link")
                 link.decoder.feed(data)
+                self.bytes_received += len(data)
         except MediumError as exc:
             self._fail(link, exc)
         except ProtocolError as exc:
@@ -510,6 +618,7 @@ class RemoteMedium:
                 if not event.durable:
                     return
                 future = link.acks.pop(event.epoch, None)
+                link.async_epochs.discard(event.epoch)
                 self.acked_epochs += 1
                 self.last_ack = time.monotonic()
             elif isinstance(event, DigestsReceived | DataReceived):
@@ -533,6 +642,7 @@ class RemoteMedium:
             if link.failure is not None:
                 return
             link.failure = error
+            link.lost_epochs = bool(link.async_epochs)
             waiting = [*link.acks.values(), *link.requests.values(), *link.state_waiters]
             link.acks.clear()
             link.requests.clear()
@@ -591,11 +701,14 @@ def open_remote(remote: str, *, size: int, key_file: str | None = None,
     if remote.startswith("nbd"):
         from firmware.mirror.link.nbd_medium import NbdMedium
 
-        medium = NbdMedium(remote)
-        if medium.size < size:
-            medium.close()
-            raise MediumError(errno.ENOSPC, f"{remote}: {medium.size} bytes, the volume "
-                                            f"needs {size}")
+        medium = NbdMedium(remote, size=size, rate_limit=rate_limit)
+        try:
+            medium.connect()  # a wrong target is worth failing for; one that is down is not
+        except MediumError as exc:
+            if exc.errno == errno.ENOSPC:
+                medium.close()
+                raise
+            log.warning("%s; the mirror will keep trying", exc)
         return medium
     from firmware.mirror.link.net import client_tls_context, parse_host_port
 
@@ -607,3 +720,25 @@ def open_remote(remote: str, *, size: int, key_file: str | None = None,
     context = client_tls_context(tls_ca) if (tls or tls_ca) else None
     return RemoteMedium(host, port, key, size, state=state, tls=context,
                         rate_limit=rate_limit)
+
+
+def open_second_medium(remote: str, *, size: int, data_dir: str, volume_created: bool,
+                       key_file: str | None = None, tls: bool = False,
+                       tls_ca: str | None = None, rate_limit: float | None = None) -> Medium:
+    """The second medium of `tandem run --remote`, with the link state kept across restarts.
+
+    A `tandem receive` knows this volume by the uuid and generations in
+    ``DATA_DIR/link-state``; a volume created now starts a new identity (a receiver
+    holding another volume's copy then refuses, rather than being overwritten).
+    """
+    state: StateStore | None = None
+    if not remote.startswith("nbd"):
+        os.makedirs(data_dir, exist_ok=True)
+        path = os.path.join(data_dir, "link-state")
+        store = StateFile(path)
+        if volume_created or not os.path.exists(path):
+            store.save(SyncState.new_primary())
+        store.load()  # a damaged file stops the start-up here, not at the first connect
+        state = store
+    return open_remote(remote, size=size, key_file=key_file, state=state, tls=tls,
+                       tls_ca=tls_ca, rate_limit=rate_limit)
