@@ -72,6 +72,7 @@ class Settings:
     idle_evict_s: float | None = 2.0
     point: str = DEFAULT_POINT  # record policy: an operating point, or "sequential-lru"
     tidy_interval_s: float = 0.5
+    quiet_evict_s: float = 5.0
     read_only: bool = False
     tcmu: bool = False
     tcm_loop: bool = False
@@ -246,10 +247,20 @@ class Appliance:
         await self.console.start()
 
     async def _tidy(self) -> None:
+        # The policies' own clocks may count host writes; when the host goes quiet,
+        # nothing would ever leave the record. After quiet_evict_s without a write,
+        # every mirrored region is shed in one transaction: a crash then costs no resync.
+        last_seq, quiet_since = self.record.seq, time.monotonic()
         while True:
             await asyncio.sleep(self.settings.tidy_interval_s)
+            now = time.monotonic()
+            if self.record.seq != last_seq:
+                last_seq, quiet_since = self.record.seq, now
             try:
-                if self.record.tidy(time.monotonic()):
+                shed = self.record.tidy(now)
+                if now - quiet_since >= self.settings.quiet_evict_s:
+                    shed += self.record.evict_clean()
+                if shed:
                     self.volume.room_made()
             except OSError as exc:
                 log.error("record tidy failed: %s", exc)
@@ -286,6 +297,7 @@ class Appliance:
             "region_size": self.geometry.region_size,
             "record_regions": len(record),
             "record_bytes": len(record) << record.region_shift,
+            "resync_volume_bytes": len(record) << record.region_shift,  # if it crashed now
             "record_capacity_regions": record.capacity,
             "hits": c.hits,
             "misses": c.misses,

@@ -34,7 +34,7 @@ MODULE_ORDER = ("test_tcm_loop", "test_iscsi", "test_crash")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        name = item.module.__name__ if item.module else ""
+        name = item.path.stem
         return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
     items.sort(key=rank)
 

@@ -47,7 +47,7 @@ def test_iscsi_test_cu_family(iscsi_url, results_dir, family):
     assert failed == 0, "\n".join(failures[:40])
 
 
-def test_outcomes(output: str) -> list[tuple[str, str, str]]:
+def family_outcomes(output: str) -> list[tuple[str, str, str]]:
     """(test, passed|skipped|FAILED, first message) for each test in one family's output."""
     outcomes = []
     blocks = re.split(r"^  Test: ", output, flags=re.MULTILINE)[1:]
@@ -80,7 +80,7 @@ def test_iscsi_test_cu_everything(iscsi_url, results_dir):
     for family in families:
         started = time.monotonic()
         _ran, _failed, output = iscsi_test_cu(iscsi_url, family, results_dir)
-        outcomes = test_outcomes(output)
+        outcomes = family_outcomes(output)
         count = {kind: sum(1 for _, s, _ in outcomes if s == kind)
                  for kind in ("passed", "skipped", "FAILED")}
         summary.append(f"| {family} | {len(outcomes)} | {count['passed']} | "

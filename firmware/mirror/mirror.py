@@ -21,7 +21,7 @@ Three states:
 Pipelining and rate control: a run is closed with ``flush_async()`` where the
 second medium has it (the remote link), so several runs can be in flight. The
 controller keeps about ``plan_ahead_s`` seconds of the measured acknowledged
-throughput in flight (at least two runs, at most ``max_fill_bytes``) — DRBD's
+throughput in flight (at least three runs, at most ``max_fill_bytes``) — DRBD's
 c-plan-ahead/c-fill-target idea: enough to keep the link busy across the
 round trip and the receiver's commit, little enough that a congested link
 shows up as a growing queue, which past ``queue_limit_bytes`` switches to
@@ -106,16 +106,17 @@ class _Epoch:
     oldest: float | None = None  # ordered: when its first write was queued
     regions: list[int] = field(default_factory=list)  # catch-up: these regions...
     upto: int = 0  # ...as of every write up to this one
+    handover: bool = False  # ordered: once durable, the remote is an image of the volume
 
 
 @dataclass
 class MirrorConfig:
-    queue_limit_bytes: int = 64 << 20  # ordered backlog beyond which the mirror pulls ahead
+    queue_limit_bytes: int = 64 << 20  # ordered backlog (queued + in flight) → pull ahead
     batch_bytes: int = 8 << 20  # one ordered run (one epoch on the link)
     copy_chunk_bytes: int = 4 << 20  # one catch-up run
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
-    plan_ahead_s: float = 1.0  # seconds of throughput kept in flight
+    plan_ahead_s: float = 2.0  # seconds of throughput kept in flight
     max_fill_bytes: int = 64 << 20  # never more than this in flight
     checksum_resync: str = "after-crash"  # "never" | "after-crash" | "always"
     checksum_block_bytes: int = 4096
@@ -174,6 +175,9 @@ class Mirror:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self.state = MirrorState.CATCH_UP if record.dirty_regions() else MirrorState.ORDERED
+        # Writes are queued in order: always when ordered, and during a catch-up pass
+        # that may end straight in ordered mode (see _catch_up_pass).
+        self._queueing = self.state is MirrorState.ORDERED
         # Regions named at start-up: a crash (or a stop mid-resync) left them; most are
         # probably on the remote already, so their resync compares digests first.
         self._after_crash = self.state is MirrorState.CATCH_UP
@@ -198,6 +202,7 @@ class Mirror:
         self.decision: str | None = None
         self._resync_marked = False  # begin_resync done in this session
         self._handover = False  # end_resync due before the next ordered run
+        self._handover_op: _Op | None = None  # ...once the run holding this write is durable
         self._sweep: set[int] = set()  # regions to copy that the record does not name
         self._prefetch: dict[tuple[int, int], concurrent.futures.Future[list[bytes]]] = {}
         self._last_probe = float("-inf")
@@ -215,10 +220,16 @@ class Mirror:
 
     def _submit(self, op: _Op) -> None:
         self._idle.clear()
-        if self.state is MirrorState.ORDERED:
+        if self._queueing:
             cost = len(op.data) if op.data is not None else 64
-            if self._queued_bytes + cost > self.config.queue_limit_bytes:
-                self._enter_catch_up("queue overflow")
+            # The backlog is what waits here and what is on its way (DRBD's congestion-fill
+            # counts data in flight too): past the limit, pull ahead rather than stall.
+            backlog = self._queued_bytes + self._batch_bytes + self._inflight_bytes
+            if backlog + cost > self.config.queue_limit_bytes:
+                if self.state is MirrorState.ORDERED:
+                    self._enter_catch_up("queue overflow")
+                else:
+                    self._stop_queueing()  # this pass cannot end in ordered mode
             else:
                 self._queue.append(op)
                 self._queued_bytes += cost
@@ -228,7 +239,14 @@ class Mirror:
         """Some write did not reach the queue intact: copy by region from now on."""
         if self.state is MirrorState.ORDERED:
             self._enter_catch_up("a write could not be queued")
+        self._stop_queueing()
         self._wake.set()
+
+    def _stop_queueing(self) -> None:
+        self._queueing = False
+        self._handover_op = None
+        self._queue.clear()
+        self._queued_bytes = 0
 
     # -- operator controls ----------------------------------------------------------
 
@@ -271,11 +289,14 @@ class Mirror:
         return max(self._pass_remaining, self.lag_bytes())
 
     def fill_target(self, unit: int | None = None) -> int:
-        """Bytes the controller lets be in flight: plan_ahead_s of throughput, ≥ 2 runs."""
+        """Bytes the controller lets be in flight: plan_ahead_s of throughput, ≥ 3 runs.
+
+        Three runs: one on the wire, one being committed at the far end, one queued.
+        """
         unit = unit or self.config.batch_bytes
         rate = self.throughput.rate()
         target = rate * self.config.plan_ahead_s if rate else 0.0
-        return int(min(max(target, 2 * unit), max(self.config.max_fill_bytes, 2 * unit)))
+        return int(min(max(target, 3 * unit), max(self.config.max_fill_bytes, 3 * unit)))
 
     def status(self) -> dict[str, object]:
         rate = self.throughput.rate()
@@ -353,8 +374,7 @@ class Mirror:
             self.overflows += why == "queue overflow"
             self._catch_up_since = self._clock()
         self.state = MirrorState.CATCH_UP if self.last_error is None else MirrorState.DEGRADED
-        self._queue.clear()
-        self._queued_bytes = 0
+        self._stop_queueing()
 
     async def _run(self) -> None:
         delay = self.config.retry_initial_s
@@ -400,8 +420,7 @@ class Mirror:
         if self.state is MirrorState.ORDERED:
             self._catch_up_since = self._clock()
         self.state = MirrorState.DEGRADED
-        self._queue.clear()
-        self._queued_bytes = 0
+        self._stop_queueing()
         self._on_progress()  # writers waiting for room may go on now
 
     # -- in-flight runs -------------------------------------------------------------
@@ -430,6 +449,8 @@ class Mirror:
             if epoch.seq is not None:
                 self.applied_bytes += epoch.payload_bytes
                 record.mirrored_upto(epoch.seq)
+                if epoch.handover:
+                    self._handover = True
             else:
                 shift = record.region_shift
                 for region in epoch.regions:
@@ -556,8 +577,16 @@ class Mirror:
         self._batch_oldest = batch[0].queued_at
         # Writes may reach the queue out of sequence order (one waits for its record
         # transaction while a later one goes ahead). Every write up to completed_seq()
-        # has ended, so it was queued before now: this batch or an earlier one has it.
-        upto = min(batch[-1].seq, self.record.completed_seq())
+        # has ended, so it was queued before now: this batch or an earlier one has it,
+        # unless it is still queued behind this batch. (Not batch[-1].seq: a write that
+        # overtook a waiting miss would then never count as mirrored.)
+        upto = self.record.completed_seq()
+        if self._queue:
+            upto = min(upto, min(op.seq for op in self._queue) - 1)
+        handover = self._handover_op is not None and any(op is self._handover_op
+                                                         for op in batch)
+        if handover:
+            self._handover_op = None
         loop = asyncio.get_running_loop()
         try:
             future = await loop.run_in_executor(self._executor, self._write_batch, batch)
@@ -573,7 +602,7 @@ class Mirror:
             return
         self._track(_Epoch(asyncio.wrap_future(future), size, seq=upto,
                            payload_bytes=sum(op.length for op in batch),
-                           oldest=batch[0].queued_at))
+                           oldest=batch[0].queued_at, handover=handover))
         self._retire_done()
 
     def _write_batch(self, batch: list[_Op]) -> concurrent.futures.Future[Any] | None:
@@ -608,7 +637,15 @@ class Mirror:
         return sorted(self._sweep)[:count]
 
     async def _catch_up_pass(self) -> None:
-        """Copy every dirty region from the local medium; return to ordered when none is."""
+        """Copy every dirty region from the local medium, then return to ordered mode.
+
+        From the moment the pass takes its list of dirty regions, new writes are also
+        queued in order. If the queue holds out until the pass is done, every write
+        submitted before the list was taken is on the second medium (its region was
+        clean, or has been copied since) and every later one is in the queue: ordered
+        mode takes over from there. So a busy volume does not need an instant without
+        writes to leave catch-up. If the queue overflows, the next pass starts over.
+        """
         await self._retire_all()  # ordered runs still in flight land first
         await self._ensure_session()
         record = self.record
@@ -617,6 +654,8 @@ class Mirror:
         if not work:
             self._finish_catch_up()
             return
+        self._stop_queueing()
+        self._queueing = True  # no await since the list was taken
         loop = asyncio.get_running_loop()
         second = self.second
         if isinstance(second, LinkedMedium) and not self._resync_marked:
@@ -649,13 +688,38 @@ class Mirror:
                                    upto=upto))
             await self._retire_all()
         except _NewSession:
+            self._stop_queueing()
             await self._settle_inflight()
             return  # the next pass acts on the new session
+        except BaseException:
+            self._stop_queueing()
+            raise
         finally:
             self._prefetch.clear()
         self._pass_remaining = 0
-        if not record.dirty_regions() and not self._sweep:
+        if self._queueing and not self._sweep:
+            self._resume_ordered()
+        elif not record.dirty_regions() and not self._sweep:
             self._finish_catch_up()
+        else:
+            self._stop_queueing()
+
+    def _resume_ordered(self) -> None:
+        """After a pass whose writes were all queued: the queue carries on in order."""
+        log.info("mirror: caught up; back to ordered mirroring (%d bytes queued meanwhile)",
+                 self._queued_bytes)
+        self.state = MirrorState.ORDERED
+        self._catch_up_since = None
+        self._after_crash = False
+        # The remote becomes an image of the volume once the writes queued during the
+        # pass are on it too (the copies may hold some of them already, out of order).
+        linked = isinstance(self.second, LinkedMedium)
+        if linked and self._queue:
+            self._handover_op = self._queue[-1]
+        else:
+            self._handover = linked
+        self._on_progress()
+        self._wake.set()
 
     def _finish_catch_up(self) -> None:
         # Nothing is dirty and no await separates the check from the switch, so every
@@ -664,6 +728,8 @@ class Mirror:
         if self.state is not MirrorState.ORDERED:
             log.info("mirror: caught up; back to ordered mirroring")
         self.state = MirrorState.ORDERED
+        self._stop_queueing()
+        self._queueing = True
         self._catch_up_since = None
         self._after_crash = False
         # The remote is now an exact image of the volume: say so before the next run.

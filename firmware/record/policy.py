@@ -221,6 +221,10 @@ class CostAwarePolicy:
         self._last_miss = 0
         self._miss_gap = 64.0  # smoothed host writes between misses
         self._view: RecordView | None = None
+        # Regions named as victims, with what was known of them: the record may keep
+        # some (it raises RecordFull when the victims do not make room for the write),
+        # and a kept region the policy had forgotten would never be named again.
+        self._offered: list[tuple[int, int | None, bool, bool]] = []
 
     # -- RecordPolicy ----------------------------------------------------------------
 
@@ -235,6 +239,7 @@ class CostAwarePolicy:
             self._ready.extend(regions)
 
     def observe(self, offset: int, length: int) -> None:
+        self._reconcile()
         self._clock += 1
         clock = self._clock
         run = self._follow(offset, length, clock)
@@ -268,6 +273,7 @@ class CostAwarePolicy:
         self._fresh.difference_update(span)
 
     def predict(self, view: RecordView, offset: int, length: int) -> list[int]:
+        self._reconcile()
         clock = self._clock
         self._miss_gap += 0.2 * ((clock - self._last_miss) - self._miss_gap)
         self._last_miss = clock
@@ -301,6 +307,7 @@ class CostAwarePolicy:
         return added
 
     def victims(self, view: RecordView, need: int, protect: set[int]) -> list[int]:
+        self._reconcile()
         chosen = self._take_due(view, protect)
         if len(chosen) < need:
             # Over capacity: the earliest expiries go first, due or not.
@@ -311,10 +318,12 @@ class CostAwarePolicy:
                     break
                 if region not in taken and region not in protect and view.evictable(region):
                     chosen.append(region)
+                    self._offer(region)
                     self._forget(region)
         return chosen
 
     def idle(self, view: RecordView, now: float) -> list[int]:
+        self._reconcile()
         self._collect_due()
         if not self._ready:
             return []
@@ -383,6 +392,7 @@ class CostAwarePolicy:
                 later.append(region)
             else:
                 chosen.append(region)
+                self._offer(region)
                 self._forget(region, ghost=True)
         self._ready = []
         if later:
@@ -391,6 +401,28 @@ class CostAwarePolicy:
                 expiry_map[region] = retry
                 heapq.heappush(self._due, (retry, region, 1))
         return chosen
+
+    def _offer(self, region: int) -> None:
+        self._offered.append((region, self._expiry.get(region), region in self._reused,
+                              region in self._fresh))
+
+    def _reconcile(self) -> None:
+        """Remember again, as they were, the victims the record kept."""
+        if not self._offered:
+            return
+        view = self._view
+        for region, expiry, reused, fresh in self._offered:
+            if view is None or not view.contains(region) or region in self._expiry:
+                continue  # evicted (or known again already)
+            expiry = self._clock if expiry is None else expiry
+            self._expiry[region] = expiry
+            heapq.heappush(self._due, (expiry, region, 1))
+            self._ghosts.pop(region, None)
+            if reused:
+                self._reused.add(region)
+            if fresh:
+                self._fresh.add(region)
+        self._offered.clear()
 
     def _forget(self, region: int, ghost: bool = False) -> None:
         """The region leaves the record; a written one is remembered a while as a ghost."""

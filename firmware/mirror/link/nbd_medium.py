@@ -91,7 +91,6 @@ class NbdMedium:
             delay = bucket.delay(n, time.monotonic())
             if delay > 0:
                 time.sleep(delay)
-        self.bytes_sent += n
 
     def reset(self) -> None:
         """Forget a pending loss report: the caller has written its run off."""
@@ -170,6 +169,7 @@ class NbdMedium:
             self._pace(len(chunk))
             self._call(lambda h, chunk=chunk, start=start: h.pwrite(chunk, offset + start),
                        writes=True)
+            self.bytes_sent += len(chunk)  # counted once the server took it
 
     def write_zeroes(self, offset: int, length: int, punch: bool = False) -> None:
         self._check(offset, length)
