@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import need
+from conftest import need, run
 from scsi_passthrough import scsi_command
 
 KILL_AFTER = float(os.environ.get("TANDEM_HIL_KILL_AFTER", "5"))
@@ -50,3 +50,7 @@ def test_kill_9_under_fio_load_then_restart(scsi_disk, firmware, results_dir):
     # The same disk answers a fresh command after the restart.
     assert Path(scsi_disk).exists()
     assert scsi_command(scsi_disk, struct.pack(">BBIBHB", 0x28, 0, 0, 0, 1, 0), 512).status == 0
+    # Recovery resynced what the record named: the mirror converges on the volume's bytes.
+    check = os.environ.get("TANDEM_MIRROR_CHECK")
+    if check:
+        run(["sh", "-c", check], timeout=600)

@@ -4,9 +4,10 @@ The virtual rig boots Debian's stock kernel (it ships LIO, TCMU, tcm_loop, the
 iSCSI target and nbd as modules) under QEMU with the host's / shared
 read-only over virtio-9p and tmpfs overlays on top, so the guest runs the
 project from this very checkout with the host's Python and tools. Inside, the
-firmware serves a volume through TCMU to a tcm_loop disk and an iSCSI portal
-on the guest's own 127.0.0.1:3260, and the tests (or any command) run against
-them with TANDEM_SCSI_DISK and TANDEM_ISCSI_URL in their environment.
+firmware (`tandem run` on the sim board) serves its volume through TCMU to a
+tcm_loop disk and an iSCSI portal on the guest's own 127.0.0.1:3260, and the
+tests (or any command) run against them with TANDEM_SCSI_DISK and
+TANDEM_ISCSI_URL in their environment.
 
   tandem rig setup                      download the kernel, build the initramfs (idempotent)
   tandem rig test --virtual [PYTEST..]  boot, start the firmware, run hil-tests/ inside
@@ -48,15 +49,23 @@ GUEST_MODULES = ("configfs", "target_core_mod", "target_core_user", "tcm_loop",
 OVERLAY_DIRS = ("etc", "root", "home", "tmp", "var", "usr", "opt", "srv")
 
 # The firmware command inside the guest. Placeholders: {python} {run} (the run directory,
-# shared with the host) {scratch} (guest tmpfs) {size} {repo}.
-# Once `tandem run --tcmu` lands this becomes:
-#   {python} -m firmware.cli run --board sim --data-dir {scratch}/data --size {size}
-#       --tcmu --tcm-loop --iscsi-portal 127.0.0.1:3260
-DEFAULT_FIRMWARE = ("{python} -m firmware.frontends.tcmu.service --image {scratch}/volume.img "
+# shared with the host) {scratch} (guest tmpfs) {size} {repo}. The default is the
+# appliance itself on the simulated board; SERVICE_FIRMWARE is the bare TCMU frontend
+# over an image file (no record, no mirror), for looking at the SCSI side alone.
+DEFAULT_FIRMWARE = ("{python} -m firmware.cli run --board sim --data-dir {scratch}/data "
+                    "--size {size} --tcmu --tcm-loop --iscsi-portal 127.0.0.1:3260 "
+                    "--no-console-pty")
+SERVICE_FIRMWARE = ("{python} -m firmware.frontends.tcmu.service --image {scratch}/volume.img "
                     "--size {size} --name tandem0 --tcm-loop --iscsi-portal 127.0.0.1:3260")
+# With the default firmware: the sim board's two media must end up identical once the
+# mirror has drained (the test stops writing first, so they converge).
+DEFAULT_MIRROR_CHECK = ("for i in $(seq 600); do "
+                        "cmp -s {scratch}/data/local.img {scratch}/data/second.img && exit 0; "
+                        "sleep 0.5; done; cmp {scratch}/data/local.img {scratch}/data/second.img")
 # Guest-local scratch space (tmpfs): volume images live here, not on the 9p run directory.
 GUEST_SCRATCH = "/tmp/tandem-rig"
 DEFAULT_VOLUME_SIZE = "256M"
+KEEP_RUNS = 10
 READY_TIMEOUT = 120.0
 NOTIFY_GRACE = 30.0     # after this long without READY=1, a disk that answers will do
 
@@ -150,6 +159,7 @@ def ensure_kernel(cache: Path = CACHE_DIR) -> KernelTree:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     _run(["dpkg-deb", "-x", str(found[-1]), str(root)])
+    found[-1].unlink()                                  # 70 MB; fetched again if ever needed
     (version,) = [p.name for p in (root / "lib" / "modules").iterdir()]
     _run(["depmod", "-b", str(root), version])      # the package ships no modules.dep
     tree = KernelTree(root, version)
@@ -338,6 +348,9 @@ class VirtualRig:
     def __post_init__(self) -> None:
         runs = self.cache / "runs"
         runs.mkdir(parents=True, exist_ok=True)
+        # Kept runs (failures, --keep) pile up: only the newest few stay.
+        for old in sorted(runs.glob("run.*"), key=lambda p: p.stat().st_mtime)[:-KEEP_RUNS]:
+            shutil.rmtree(old, ignore_errors=True)
         self.run_dir = Path(tempfile.mkdtemp(prefix="run.", dir=runs))
 
     def boot(self, guest_script: str) -> int:
@@ -634,8 +647,13 @@ def run_virtual(args: argparse.Namespace, command: list[str]) -> int:
     tree = setup() if not args.no_setup else ensure_kernel()
     rig = VirtualRig(tree, memory=args.memory, cpus=args.cpus, accel=args.accel,
                      timeout=args.timeout)
-    firmware = None if args.no_firmware else args.firmware
-    rc = rig.boot(guest_script(rig, command, firmware, args.volume_size, args.mirror_check))
+    firmware = None if args.no_firmware else (args.firmware or DEFAULT_FIRMWARE)
+    if firmware == "service":
+        firmware = SERVICE_FIRMWARE
+    mirror_check = args.mirror_check
+    if mirror_check is None and args.firmware is None:
+        mirror_check = DEFAULT_MIRROR_CHECK
+    rc = rig.boot(guest_script(rig, command, firmware, args.volume_size, mirror_check or None))
     if rc == 0 and not args.keep:
         shutil.rmtree(rig.run_dir, ignore_errors=True)
     else:
@@ -672,14 +690,16 @@ def _add_rig_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--virtual", action="store_true",
                        help="boot the virtual board (Debian's kernel under QEMU)")
     where.add_argument("--rig", metavar="FILE", help="a real board's rig description (TOML)")
-    parser.add_argument("--firmware", default=os.environ.get("TANDEM_RIG_FIRMWARE_CMD",
-                                                             DEFAULT_FIRMWARE),
+    parser.add_argument("--firmware", default=os.environ.get("TANDEM_RIG_FIRMWARE_CMD"),
                         help="firmware command in the guest; placeholders {python} {run} "
-                             "{scratch} {size} {repo} (default: the TCMU service over an "
-                             "image file)")
+                             "{scratch} {size} {repo} (default: `tandem run` on the sim "
+                             "board with --tcmu --tcm-loop --iscsi-portal 127.0.0.1:3260; "
+                             "'service': the bare TCMU frontend over an image file)")
     parser.add_argument("--mirror-check", metavar="CMD",
                         help="command that exits 0 once the mirror holds the volume's bytes "
-                             "(waits for the drain itself); same placeholders")
+                             "(waits for the drain itself); same placeholders (default with "
+                             "the default firmware: compare the sim board's two images; "
+                             "'' for none)")
     parser.add_argument("--no-firmware", action="store_true",
                         help="do not start the firmware (bare kernel + modules)")
     parser.add_argument("--volume-size", default=DEFAULT_VOLUME_SIZE)

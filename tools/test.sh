@@ -1,8 +1,14 @@
 #!/bin/bash
-# Sets everything up and runs the whole test suite: lint, unit and end-to-end tests with
-# real clients (qemu-img, nbdinfo, fio, nbdfuse), then the virtual rig stage.
+# Sets everything up and runs the whole test suite: lint, the virtual rig (the real
+# kernel's LIO/TCMU in QEMU, hil-tests/ inside it), then unit and end-to-end tests with
+# real clients (qemu-img, nbdinfo, fio, nbdfuse, qemu-nbd, nbdkit).
+# TANDEM_SKIP_RIG=1 skips the rig stage (it needs root and ~5-10 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 .venv/bin/ruff check .
+if [ "${TANDEM_SKIP_RIG:-0}" != 1 ]; then
+    echo "test: virtual rig stage (hil-tests/ inside a QEMU VM running Debian's kernel)" >&2
+    .venv/bin/tandem rig test --virtual
+fi
 .venv/bin/python -m pytest "$@"

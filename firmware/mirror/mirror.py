@@ -2,19 +2,22 @@
 
 Three states:
 
-- *ordered*: every write is queued (bounded, in write order) and applied to the
-  second medium in runs; after a run the second medium is flushed and the
-  record learns that every write up to the run's last sequence number is
-  durable there (``Record.mirrored_upto``). So the second medium always holds
-  the volume as it was at the end of some run: a crash-consistent image.
-- *catch-up*: when the queue overflows (the link cannot keep up: DRBD's
+- *ordered*: every write is queued (bounded, in the order it was submitted)
+  and applied to the second medium in runs; once a run is durable there the
+  record learns that every write up to a sequence number is
+  (``Record.mirrored_upto``; the bound allows for writes submitted out of
+  sequence order). So the second medium always holds the volume as it was at
+  the end of some run: a crash-consistent image.
+- *catch-up*: when the backlog overflows (the link cannot keep up: DRBD's
   "pull-ahead"), the second medium fails, the record names regions at start-up,
   or a new link session needs it, the queue is dropped and the mirror copies
   whole regions from the local medium instead (``Record.mirrored_region``),
-  pass after pass, until no region is dirty; then it returns to ordered mode.
-  A copy of the whole volume (a *sweep*) runs the same way when the remote
-  holds nothing of ours. With ``checksum_resync`` the copy compares block
-  digests first and sends only the blocks that differ.
+  pass after pass. New writes are queued again from the start of each pass;
+  a pass that ends with the queue intact hands over to ordered mode, so a
+  busy volume leaves catch-up without needing a quiet moment. A copy of the
+  whole volume (a *sweep*) runs the same way when the remote holds nothing of
+  ours. With ``checksum_resync`` the copy compares block digests first and
+  sends only the blocks that differ.
 - *degraded*: the second medium failed; the record keeps every region that may
   differ and the mirror retries (with back-off), resuming as catch-up.
 
@@ -224,7 +227,8 @@ class Mirror:
             cost = len(op.data) if op.data is not None else 64
             # The backlog is what waits here and what is on its way (DRBD's congestion-fill
             # counts data in flight too): past the limit, pull ahead rather than stall.
-            backlog = self._queued_bytes + self._batch_bytes + self._inflight_bytes
+            backlog = self._queued_bytes + self._batch_bytes + (
+                self._inflight_bytes if self.state is MirrorState.ORDERED else 0)
             if backlog + cost > self.config.queue_limit_bytes:
                 if self.state is MirrorState.ORDERED:
                     self._enter_catch_up("queue overflow")
@@ -708,6 +712,12 @@ class Mirror:
         """After a pass whose writes were all queued: the queue carries on in order."""
         log.info("mirror: caught up; back to ordered mirroring (%d bytes queued meanwhile)",
                  self._queued_bytes)
+        # Every write up to ``bound`` ended before it could be queued behind the queue's
+        # oldest, so it was submitted before the pass began: it is on the second medium.
+        bound = self.record.completed_seq()
+        if self._queue:
+            bound = min(bound, min(op.seq for op in self._queue) - 1)
+        self.record.mirrored_upto(bound)
         self.state = MirrorState.ORDERED
         self._catch_up_since = None
         self._after_crash = False

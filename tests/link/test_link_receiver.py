@@ -438,3 +438,46 @@ def test_a_hung_receiver_times_out_then_the_link_recovers(receiver, image):
     m.flush()
     assert open(image, "rb").read(6) == b"thawed"
     m.close()
+
+
+def test_pipelined_epochs_and_a_lost_one_is_reported_to_the_next_write(receiver, image,
+                                                                       proxy_factory):
+    proxy = proxy_factory(receiver.port)
+    m = remote(proxy.port)
+    local = bytearray(SIZE)
+    acks = []
+    for i in range(6):  # several epochs in flight at once
+        data = os.urandom(65536)
+        m.pwrite(i * 65536, data)
+        local[i * 65536:(i + 1) * 65536] = data
+        acks.append(m.flush_async())
+    for ack in acks:
+        ack.result(timeout=10)
+    assert open(image, "rb").read() == local
+    os.kill(receiver.proc.pid, signal.SIGSTOP)  # no ack can come back now
+    try:
+        m.pwrite(0, b"lost")
+        pending = m.flush_async()
+        proxy.cut()
+        with pytest.raises(MediumError):
+            pending.result(timeout=10)
+    finally:
+        os.kill(receiver.proc.pid, signal.SIGCONT)
+    with pytest.raises(MediumError):  # the loss, reported once to the write path...
+        m.pwrite(0, b"next run")
+    m.pwrite(0, b"next run")  # ...then it reconnects
+    m.flush()
+    assert open(image, "rb").read(8) == b"next run"
+    m.pwrite(0, b"lost again")
+    pending = m.flush_async()
+    os.kill(receiver.proc.pid, signal.SIGSTOP)
+    proxy.cut()
+    os.kill(receiver.proc.pid, signal.SIGCONT)
+    try:
+        pending.result(timeout=10)
+    except MediumError:
+        m.reset()  # the caller writes the run off itself: no second report
+    m.pwrite(0, b"after reset")
+    m.flush()
+    assert open(image, "rb").read(11) == b"after reset"
+    m.close()

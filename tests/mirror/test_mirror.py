@@ -90,3 +90,55 @@ def test_start_up_regions_are_resynced_while_serving(tmp_path: Path) -> None:
         await mirror.close()
 
     asyncio.run(main())
+
+
+def test_a_write_that_overtakes_an_earlier_one_does_not_clean_it(tmp_path: Path) -> None:
+    # With group commit a miss waits for its NVRAM transaction while a later hit goes
+    # ahead: the mirror sees seq 2 before seq 1 and must not count 1 as mirrored.
+    async def main() -> None:
+        _volume, mirror, local, second = build(tmp_path)
+        record = mirror.record
+        mirror.start()
+        first = record.begin_write(0, 4096, 0.0)  # waiting for its transaction
+        second_seq = record.begin_write(5 * REGION, 4096, 0.0)
+        local.pwrite(5 * REGION, b"b" * 4096)
+        mirror.submit_write(second_seq, 5 * REGION, b"b" * 4096)
+        record.end_write(5 * REGION, 4096, second_seq)
+        for _ in range(50):  # let the mirror ship and retire what it has
+            await asyncio.sleep(0.01)
+        assert second.pread(5 * REGION, 4096) == b"b" * 4096
+        assert not record.is_clean(0) and record.mirrored_seq < first
+        local.pwrite(0, b"a" * 4096)
+        mirror.submit_write(first, 0, b"a" * 4096)
+        record.end_write(0, 4096, first)
+        await mirror.drained()
+        assert record.is_clean(0) and media_equal(local, second)
+        await mirror.close()
+
+    asyncio.run(main())
+
+
+def test_catch_up_ends_while_the_host_keeps_writing(tmp_path: Path) -> None:
+    # New writes are queued during a pass, so leaving catch-up needs no quiet moment.
+    async def main() -> None:
+        volume, mirror, local, second = build(tmp_path, queue_limit=256 * 1024)
+        mirror.start()
+        mirror.pause()
+        for i in range(200):  # overflow: catch-up
+            await volume.write(i * 4096 * 3, os.urandom(4096))
+        assert mirror.state is MirrorState.CATCH_UP
+        mirror.config.queue_limit_bytes = 16 << 20  # room for what the writer adds per pass
+        mirror.resume()
+        states = set()
+        for i in range(2000):  # a steady writer that never pauses for long
+            await volume.write((i % 256) * 4096 * 5, os.urandom(4096))
+            states.add(mirror.state)
+            if mirror.state is MirrorState.ORDERED:
+                break
+            await asyncio.sleep(0)
+        assert MirrorState.ORDERED in states
+        await mirror.drained()
+        assert media_equal(local, second)
+        await mirror.close()
+
+    asyncio.run(main())
