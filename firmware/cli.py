@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "tools.replay",
     "firmware.mirror.link.receiver",
     "tools.benchmark",
+    "tools.bench_link",
     "tools.torture",
     "tools.rig",
 )
