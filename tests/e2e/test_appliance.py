@@ -51,7 +51,8 @@ def test_fio_randwrite_verify(appliance: RunningAppliance) -> None:
     out = run("fio", "--name=verify", "--ioengine=nbd", f"--uri={appliance.uri}",
               "--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=256m",
               f"--runtime={runtime}", "--time_based", "--verify=crc32c",
-              "--verify_fatal=1", "--verify_state_save=0", "--output-format=json", timeout=int(runtime) + 300)
+              "--verify_fatal=1", "--verify_state_save=0", "--output-format=json",
+              timeout=int(runtime) + 300)
     job = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
     assert job["error"] == 0
     assert job["write"]["total_ios"] > 0
