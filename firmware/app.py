@@ -26,7 +26,7 @@ from typing import Any
 from board import load_profile
 from firmware.mirror.mirror import Mirror, MirrorConfig
 from firmware.record.layout import Geometry, LayoutError, new_volume_uuid
-from firmware.record.policy import DEFAULT_POINT, POINTS, RecordPolicy, SequentialLru, make_policy
+from firmware.record.policy import POINTS, RecordPolicy, SequentialLru, make_policy
 from firmware.record.record import Record
 from firmware.record.store import NvramRecordStore
 from firmware.volume.group_commit import GroupCommitStore
@@ -70,7 +70,7 @@ class Settings:
     console_pty: bool | None = None
     mirror_queue: int = 64 << 20
     idle_evict_s: float | None = 2.0
-    point: str = DEFAULT_POINT  # record policy: an operating point, or "sequential-lru"
+    point: str = "latency-first"  # record policy: an operating point, or "sequential-lru"
     tidy_interval_s: float = 0.5
     quiet_evict_s: float = 5.0
     read_only: bool = False
@@ -389,7 +389,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-console-pty", action="store_true", help="no console pty on sim")
     p.add_argument("--mirror-queue", type=parse_size, default=64 << 20,
                    help="bytes of writes queued for the mirror before it copies by region")
-    p.add_argument("--point", default=DEFAULT_POINT,
+    # latency-first by default: a miss costs the host a record transaction (and the
+    # policy's work) before its write; recovery-first trades that for a smaller resync.
+    p.add_argument("--point", default="latency-first",
                    choices=[*POINTS, "sequential-lru"],
                    help="record policy: an operating point (docs/record-policy.md), or the "
                         "simple sequential-lru policy (default: %(default)s)")

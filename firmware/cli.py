@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "tools.benchmark",
     "tools.bench_link",
     "tools.torture",
+    "tools.fuzz",
     "tools.rig",
 )
 

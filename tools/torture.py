@@ -12,9 +12,11 @@ The board under test (see ``hal/media/faulty.py``):
 - local and second media: image files behind :class:`VolatileCacheMedium`, so a
   cut loses, per 4 KiB sector, what was not flushed (or keeps any version of it);
   in some cycles the local medium writes through instead;
-- the mirror's worker thread is replaced by a seeded step executor: its I/O
-  interleaves with the host's at random but reproducible points, so a seed
-  replays a failure exactly.
+- each power-on picks a record policy (``--points``) and an NVRAM commit mode
+  (group commit in a worker, or inline as on SPI FRAM);
+- the mirror's and group commit's worker threads are replaced by a seeded step
+  executor: their I/O interleaves with the host's at random but reproducible
+  points, so a seed replays a failure exactly.
 
 Where the power goes (``--phases`` to choose; cuts are counted by phase):
 
@@ -66,6 +68,7 @@ from typing import Any
 import firmware.app as app_module
 from firmware.app import Appliance, Settings
 from firmware.mirror.mirror import Mirror, MirrorConfig, MirrorState
+from firmware.record.policy import POINTS
 from firmware.volume.target import TargetError
 from firmware.volume.volume import Volume
 from hal.media.faulty import Cut, IoEvent, MediumPowerLost, PowerRail, VolatileCacheMedium
@@ -460,7 +463,7 @@ class Torture:
         point = self.plan_rng.choice(self.cfg.points)
         self.settings = dataclasses.replace(self.settings, board=self.boards[commit_mode],
                                             point=point)
-        setup = f"{commit_mode} · {point}"
+        setup = f"{commit_mode}/{point}"
         self.report.cycles_by_setup[setup] = self.report.cycles_by_setup.get(setup, 0) + 1
         if phase == "recovery" and not first:
             app = self._boot(first, cut_after=self.plan_rng.randrange(0, 96))
@@ -888,6 +891,8 @@ def format_report(report: Report, config: TortureConfig) -> str:
         f"{config.volume_size // MiB} MiB volume · {region >> 10} KiB regions · "
         f"{report.seconds:.1f} s",
         f"  cuts by phase:                    {phases}",
+        "  power-ons by setup:               "
+        + " · ".join(f"{k} {v}" for k, v in sorted(report.cycles_by_setup.items())),
         f"  boots (recoveries):               {report.boots}",
         f"  host writes issued / acknowledged: {report.host_writes} / {report.acked_writes}",
         f"  acknowledged durable writes checked: {report.acked_checked}",
@@ -922,6 +927,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="record capacity in regions (default 16)")
     p.add_argument("--phases", default=",".join(PHASES),
                    help=f"comma-separated cut phases (default all: {','.join(PHASES)})")
+    p.add_argument("--points", default="recovery-first,latency-first,sequential-lru",
+                   help="record policies to pick from at each power-on (comma-separated)")
     p.add_argument("--local-cache", choices=("mixed", "on", "off"), default="mixed",
                    help="local medium: a volatile write cache, write-through, or a mix "
                         "(default: 3 cycles in 4 cached)")
@@ -933,11 +940,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    points = tuple(p.strip() for p in args.points.split(",") if p.strip())
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown or not phases:
+        print(f"tandem torture: unknown phases {unknown}; known: {', '.join(PHASES)}",
+              file=sys.stderr)
+        return 2
+    known_points = [*POINTS, "sequential-lru"]
+    if not points or any(p not in known_points for p in points):
+        print(f"tandem torture: unknown points in {list(points)}; known: "
+              f"{', '.join(known_points)}", file=sys.stderr)
+        return 2
     config = TortureConfig(
         cuts=args.cuts, seed=seed, volume_size=args.size, region_size=args.region_size,
         record_regions=args.record_regions,
-        phases=tuple(p.strip() for p in args.phases.split(",") if p.strip()),
-        local_cache=args.local_cache,
+        phases=phases, points=points, local_cache=args.local_cache,
         workdir=args.workdir, keep=bool(args.workdir), stop_on_failure=not args.keep_going)
     if not args.json and sys.stderr.isatty():
         def progress(done: int, report: Report) -> None:

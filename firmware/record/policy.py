@@ -396,7 +396,9 @@ class CostAwarePolicy:
                 self._forget(region, ghost=True)
         self._ready = []
         if later:
-            retry = clock + _RETRY_WRITES
+            # Spread the next look over as many writes as there are regions to look at
+            # again, so a mirror that lags costs O(1) per write, not O(backlog).
+            retry = clock + max(_RETRY_WRITES, len(later))
             for region in later:
                 expiry_map[region] = retry
                 heapq.heappush(self._due, (retry, region, 1))

@@ -108,6 +108,8 @@ class NvramRecordStore:
 
     def load(self) -> LoadedRecord:
         """Read the record at start-up; LayoutError says why there is none."""
+        if self._nvram.size < BITMAP_OFFSET:
+            raise LayoutError(f"NVRAM of {self._nvram.size} bytes cannot hold a record")
         best: tuple[Header, int] | None = None
         for slot in range(HEADER_SLOTS):
             header = Header.decode(self._nvram.read(slot * HEADER_SIZE, HEADER_SIZE))

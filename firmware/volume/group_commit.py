@@ -161,3 +161,6 @@ class GroupCommitStore:
                     future.set_result(None)
                 else:
                     future.set_exception(error)
+                    # Its waiter may have been cancelled: the error is reported to the
+                    # writes that wait, and logged by the volume, not as "never retrieved".
+                    future.add_done_callback(lambda f: f.exception())
