@@ -235,7 +235,7 @@ def render_table(settings: BenchSettings, outcomes: Sequence[JobOutcome]) -> str
         f"work dir {settings.work_dir} ({settings.file_system}); Tandem mirroring on "
         f"(local.img and second.img there too)" + (
             f"; simulated FRAM in {settings.nvram_dir} ({file_system_of(Path(settings.nvram_dir))})"
-            if settings.nvram_dir else ", nvram.bin too (O_DSYNC writes)"),
+            if settings.nvram_dir else ", nvram.bin too (the sim profile's FRAM sync mode)"),
         f"server CPU, Tandem/{peer} (1.00 = one core busy): {cpu}",
         "hits … mirror: Tandem's record counters and mirror state just after each job",
     ]

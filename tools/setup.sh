@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
     python3 python3-venv python3-dev python3-libnbd python3-rtslib-fb gcc
-    qemu-utils nbdkit libnbd-bin nbdfuse fuse3 fio e2fsprogs util-linux
+    qemu-utils nbdkit libnbd-bin fuse3  # libnbd-bin has nbdinfo, nbdcopy, nbdfuse
+    fio e2fsprogs util-linux
     qemu-system-x86 busybox-static kmod libiscsi-bin open-iscsi iproute2
 )
 
