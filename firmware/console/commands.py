@@ -119,7 +119,7 @@ def _record(backend: ConsoleBackend, args: list[str]) -> list[str]:
     status = backend.status()
     region_size = _positive_int(status.get("region_size"))
     volume_size = _positive_int(status.get("volume_size"))
-    ranges = _coalesce(regions)
+    ranges = coalesce(regions)
     if "--list" in flags:
         return [_range_line(first, last, region_size, volume_size) for first, last in ranges]
     lines = [f"regions: {len(regions)} in {len(ranges)} "
@@ -135,7 +135,7 @@ def _record(backend: ConsoleBackend, args: list[str]) -> list[str]:
     return lines
 
 
-def _coalesce(regions: list[int]) -> list[tuple[int, int]]:
+def coalesce(regions: list[int]) -> list[tuple[int, int]]:
     """Sorted distinct region indices as (first, last) runs of consecutive indices."""
     ranges: list[tuple[int, int]] = []
     for region in regions:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from firmware.console.commands import coalesce
 from firmware.console.grammar import Command, CommandError, CommandTable, UsageError
 from firmware.mirror.mirror import Mirror, VerifyReport
 
@@ -68,23 +69,13 @@ def _verify_lines(report: VerifyReport) -> list[str]:
         f"differing_regions: {len(report.differing)}",
     ]
     if report.differing:
-        ranges = _coalesce(sorted(report.differing))
+        ranges = coalesce(sorted(report.differing))
         shown = ranges[:32]
         text = " ".join(str(a) if a == b else f"{a}-{b}" for a, b in shown)
         lines.append(f"differing: {text}{' ...' if len(ranges) > len(shown) else ''}")
     if report.error:
         lines.append(f"error: {report.error}")
     return lines
-
-
-def _coalesce(regions: list[int]) -> list[tuple[int, int]]:
-    ranges: list[tuple[int, int]] = []
-    for region in regions:
-        if ranges and region == ranges[-1][1] + 1:
-            ranges[-1] = (ranges[-1][0], region)
-        else:
-            ranges.append((region, region))
-    return ranges
 
 
 def _link(mirror: Mirror, args: list[str]) -> list[str]:
