@@ -169,19 +169,15 @@ class Appliance:
             if fresh:
                 self.store.format(geometry, ())
                 return geometry, [], StartupReport(0, "new volume: both media created empty")
-            everything = list(range(geometry.nregions))
-            log.warning("*** NO VALID RECORD IN NVRAM (%s): FULL RESYNC of %d bytes to %s ***",
-                        exc, volume_size, self.second.name)
-            self.store.format(geometry, everything)
-            return geometry, everything, StartupReport(len(everything), f"full resync: {exc}")
+            return self._full_resync(
+                geometry, f"NO VALID RECORD IN NVRAM ({exc}): FULL RESYNC of {volume_size} "
+                          f"bytes to {self.second.name}", f"full resync: {exc}")
         old = loaded.header.geometry
         if old.volume_size != volume_size:
-            geometry = Geometry(volume_size, region_size, new_volume_uuid())
-            everything = list(range(geometry.nregions))
-            log.warning("*** RECORD IS FOR A %d-BYTE VOLUME, LOCAL MEDIUM IS %d: FULL RESYNC ***",
-                        old.volume_size, volume_size)
-            self.store.format(geometry, everything)
-            return geometry, everything, StartupReport(len(everything), "volume size changed")
+            return self._full_resync(
+                Geometry(volume_size, region_size, new_volume_uuid()),
+                f"RECORD IS FOR A {old.volume_size}-BYTE VOLUME, LOCAL MEDIUM IS "
+                f"{volume_size}: FULL RESYNC", "volume size changed")
         if loaded.damaged_pairs:
             log.warning("record: %d damaged bitmap pairs read as the union of both values",
                         loaded.damaged_pairs)
@@ -198,6 +194,14 @@ class Appliance:
                     old.region_size, region_size, len(loaded.regions), len(regions))
         self.store.format(geometry, regions, generation=loaded.header.generation + 1)
         return geometry, regions, StartupReport(len(regions), "region size changed")
+
+    def _full_resync(self, geometry: Geometry, warning: str, reason: str
+                     ) -> tuple[Geometry, list[int], StartupReport]:
+        """Name every region, persisted first: a crash during the copy starts it again."""
+        everything = list(range(geometry.nregions))
+        log.warning("*** %s ***", warning)
+        self.store.format(geometry, everything)
+        return geometry, everything, StartupReport(len(everything), reason)
 
     async def start(self) -> None:
         from firmware.frontends.nbd.server import serve_nbd
@@ -297,7 +301,6 @@ class Appliance:
             "region_size": self.geometry.region_size,
             "record_regions": len(record),
             "record_bytes": len(record) << record.region_shift,
-            "resync_volume_bytes": len(record) << record.region_shift,  # if it crashed now
             "record_capacity_regions": record.capacity,
             "hits": c.hits,
             "misses": c.misses,
@@ -312,6 +315,7 @@ class Appliance:
             "record_point": self.settings.point,
             "upd_per_kw": round(1000 * self.commits.transactions / writes, 2) if writes else 0.0,
         }
+        out["resync_volume_bytes"] = out["record_bytes"]  # what a crash now would copy
         out.update(self.mirror.status())
         out["nbd_connections"] = self.nbd_server.connections if self.nbd_server else 0
         out["nvram_error"] = self.volume.nvram_error
