@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "firmware.app",
     "tools.console_client",
     "tools.replay",
+    "tools.replay_report",
     "firmware.mirror.link.receiver",
     "tools.benchmark",
     "tools.bench_link",

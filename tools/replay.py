@@ -94,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(model, TandemModel):
             row.detail["region_size"] = model.record.geometry.region_size
             row.detail["hold_cost"] = model.record.policy.config.hold_cost  # type: ignore[attr-defined]
-    _add_excess(rows)
+    add_excess(rows)
     frontier: list[Result] = []
     if args.plot:
         frontier = [replay(trace, tandem_model(trace, args, points[0], h), args.link_mbps)
                     for h in FRONTIER_HOLD_COSTS]
-        _add_excess(frontier, _lower_bound(rows))
+        add_excess(frontier, _lower_bound(rows))
         plot(Path(args.plot), trace.name, args.link_mbps, rows, frontier)
     if args.json:
         top = rows[0].as_dict()
@@ -124,7 +124,7 @@ def _lower_bound(rows: list[Result]) -> float | None:
     return None
 
 
-def _add_excess(rows: list[Result], bound: float | None = None) -> None:
+def add_excess(rows: list[Result], bound: float | None = None) -> None:
     """excess_MiB: the resync above the exact lower bound's (when it was run)."""
     bound = _lower_bound(rows) if bound is None else bound
     if bound is None:
