@@ -150,33 +150,41 @@ class SequentialLru:
 #
 # One exchange rate prices everything: ``hold_cost`` bytes x writes of resync
 # exposure are worth one NVRAM update. Time is counted in host writes, the
-# instants at which a crash's resync is measured. Every region in the record
-# carries an expiry on that clock; past it, the region is shed with the next
-# miss's transaction (free) or by ``idle`` when a dedicated update pays off
-# (rent or buy). The expiries follow from the rate:
+# instants at which a crash's resync is measured. Past its time a region is shed
+# with the next miss's transaction (free) or by ``idle`` when a dedicated update
+# pays off (rent or buy). The times follow from the rate:
 #
 # - a region the host wrote: kept ``hold_cost / region_size`` writes after its
 #   last write if it has been rewritten (it has shown reuse), a fraction of that
 #   if written once — most once-written regions are never written again;
-# - a region written by a sequential stream: ``hold_cost / look_ahead`` writes,
-#   since a later pass over it is predicted again for a share of one update;
-# - look-ahead of a stream: ``sqrt(2 * hold_cost * rate)`` bytes, where the
-#   rate is the stream's bytes per host write: holding L bytes ahead costs about
-#   L/2 x L/rate, which balances one update saved per L bytes;
-# - a random miss admits the aligned block around it that the rate affords for
-#   a burst of writes (first writes near one another come in bursts).
+# - look-ahead of a sequential stream: ``sqrt(2 * hold_cost * rate)`` bytes, where
+#   the rate is the stream's bytes per host write: holding L bytes ahead costs
+#   about L/2 x L/rate, which balances one update saved per L bytes;
+# - a random miss admits the nested areas around it — 64 MiB, 16 MiB, 4 MiB, … down
+#   to four regions — and a guessed region stays while any of its areas has been
+#   written within ``hold_cost / area size`` writes. First writes come in bursts
+#   near earlier ones (on CloudPhysics, 1 100 of the writes to a never-written
+#   region come while its 4 MiB extent is being written, 555 more while its 64 MiB
+#   area is); a coarse area pays for itself only briefly, a fine one for longer,
+#   so guesses thin out from the edges of a quiet area towards where it was written.
 
 
 @dataclass
 class CostAwareConfig:
     # Bytes x host writes of resync worth one NVRAM update: the operating point.
-    hold_cost: float = float(64 << 30)
-    # Once-written regions are kept this fraction of a rewritten region's time.
+    hold_cost: float = float(128 << 20)
+    # Written regions are kept this many times hold_cost / region_size writes (a
+    # written region costs only its own bytes, a guessed area many regions' worth);
+    # once-written ones for a fraction of that time.
+    written_hold_factor: float = 1.0
     once_written_share: float = 1 / 8
-    # Host writes a random miss's admitted neighbourhood is meant to last at least.
-    burst_writes: int = 256
-    # Largest neighbourhood admitted around a random miss.
+    # Regions a stream wrote are kept hold_cost / look-ahead writes (a later pass is
+    # predicted again for a share of one update) rather than as other written regions.
+    stream_written_short: bool = True
+    # Coarsest area guessed around a random miss (0: guess nothing), and the fewest
+    # writes an area must be worth keeping (hold_cost / size) to be guessed at all.
     max_admit_bytes: int = 64 << 20
+    min_area_writes: int = 16
     # Streams tracked at once, the hole a stream may skip, and how far ahead of its
     # own length a young stream may predict.
     max_streams: int = 32
@@ -184,6 +192,9 @@ class CostAwareConfig:
     ahead_per_stream_byte: int = 16
     # Regions shed recently, remembered so that a rewrite of one counts as reuse.
     ghost_regions: int = 65536
+    # Spend background updates (tidy) on shedding when holding until the next miss
+    # would cost more than one update; False: shed only with misses.
+    background_shed: bool = True
 
 
 class _Run:
@@ -198,6 +209,7 @@ class _Run:
 
 
 _RETRY_WRITES = 16  # a region due but still dirty is looked at again this much later
+_NEVER = 1 << 62  # expiry of guesses that live by their areas, not by a clock
 
 
 class CostAwarePolicy:
@@ -221,6 +233,13 @@ class CostAwarePolicy:
         self._last_miss = 0
         self._miss_gap = 64.0  # smoothed host writes between misses
         self._view: RecordView | None = None
+        # The nested areas a random miss guesses, coarsest first (byte shifts); per
+        # area level, the admitted areas with the clock of their latest write; and
+        # (expiry, level, area) entries, checked lazily against that latest write.
+        self._area_shifts: list[int] = []
+        self._admitted: list[dict[int, int]] = []
+        self._area_due: list[tuple[int, int, int]] = []
+        self._guessed: set[int] = set()  # fresh members that live by their areas
         # Regions named as victims, with what was known of them: the record may keep
         # some (it raises RecordFull when the victims do not make room for the write),
         # and a kept region the policy had forgotten would never be named again.
@@ -232,6 +251,12 @@ class CostAwarePolicy:
         self._view = view
         self._shift = view.region_shift
         self._nregions = view.nregions
+        area = self.config.max_admit_bytes
+        self._area_shifts = []
+        while area >= 4 << self._shift:
+            self._area_shifts.append(area.bit_length() - 1)
+            area //= 4
+        self._admitted = [{} for _ in self._area_shifts]
         regions = [region for region, _touched in view.lru()]
         for region in regions:  # found at start-up: treat as written once, just now
             self._expiry[region] = 0
@@ -242,20 +267,25 @@ class CostAwarePolicy:
         self._reconcile()
         self._clock += 1
         clock = self._clock
+        end = offset + max(length, 1) - 1
+        for ashift, admitted in zip(self._area_shifts, self._admitted, strict=True):
+            for area in range(offset >> ashift, (end >> ashift) + 1):
+                if area in admitted:
+                    admitted[area] = clock
         run = self._follow(offset, length, clock)
         shift = self._shift
-        first, last = offset >> shift, (offset + max(length, 1) - 1) >> shift
-        span = range(first, last + 1)
+        first, last_region = offset >> shift, end >> shift
+        span = range(first, last_region + 1)
         cfg = self.config
         size = 1 << shift
         expiry_map, due = self._expiry, self._due
-        if run is not None:
+        if run is not None and cfg.stream_written_short:
             expiry = clock + max(1, int(cfg.hold_cost / max(size, self._ahead(run, clock))))
             for region in span:
                 expiry_map[region] = expiry
             heapq.heappush(due, (expiry, first, len(span)))
         else:
-            keep = cfg.hold_cost / size
+            keep = cfg.hold_cost * cfg.written_hold_factor / size
             expiry_once = clock + max(1, int(keep * cfg.once_written_share))
             expiry_reused = clock + max(1, int(keep))
             reused, ghosts, fresh = self._reused, self._ghosts, self._fresh
@@ -271,6 +301,7 @@ class CostAwarePolicy:
             heapq.heappush(due, (expiry_once, first, len(span)))
             heapq.heappush(due, (expiry_reused, first, len(span)))
         self._fresh.difference_update(span)
+        self._guessed.difference_update(span)
 
     def predict(self, view: RecordView, offset: int, length: int) -> list[int]:
         self._reconcile()
@@ -278,25 +309,14 @@ class CostAwarePolicy:
         self._miss_gap += 0.2 * ((clock - self._last_miss) - self._miss_gap)
         self._last_miss = clock
         shift = self._shift
-        size = 1 << shift
         run = self._run
-        cfg = self.config
-        if run is not None:
-            ahead = self._ahead(run, clock)
-            rate = self._rate(run, clock)
-            start = ((offset + length - 1) >> shift) + 1
-            stop = min(self._nregions, start + max(1, ahead >> shift))
-            expiry = clock + int(2 * ahead / rate) + _RETRY_WRITES
-        else:
-            block = size
-            while (block * 2 <= cfg.max_admit_bytes
-                   and block * 2 * cfg.burst_writes <= cfg.hold_cost):
-                block *= 2
-            if block == size:
-                return []
-            start = (offset // block * block) >> shift
-            stop = min(self._nregions, start + (block >> shift))
-            expiry = clock + max(1, int(cfg.hold_cost / block))
+        if run is None:
+            return self._guess_areas(view, offset, length)
+        ahead = self._ahead(run, clock)
+        rate = self._rate(run, clock)
+        start = ((offset + length - 1) >> shift) + 1
+        stop = min(self._nregions, start + max(1, ahead >> shift))
+        expiry = clock + int(2 * ahead / rate) + _RETRY_WRITES
         added = [r for r in range(start, stop) if not view.contains(r)]
         if added:
             expiry_map = self._expiry
@@ -324,6 +344,8 @@ class CostAwarePolicy:
 
     def idle(self, view: RecordView, now: float) -> list[int]:
         self._reconcile()
+        if not self.config.background_shed:
+            return []
         self._collect_due()
         if not self._ready:
             return []
@@ -335,6 +357,68 @@ class CostAwarePolicy:
         return self._take_due(view, ())
 
     # -- internals ---------------------------------------------------------------------
+
+    def _area_keep(self, level: int) -> int:
+        """Writes an area of this level is kept after its latest write."""
+        return int(self.config.hold_cost / (1 << self._area_shifts[level]))
+
+    def _guess_areas(self, view: RecordView, offset: int, length: int) -> list[int]:
+        """Admit the areas around a random miss; return the coarsest one's new regions."""
+        clock, shift = self._clock, self._shift
+        end = offset + max(length, 1) - 1
+        coarsest = None
+        for level, ashift in enumerate(self._area_shifts):
+            keep = self._area_keep(level)
+            if keep < self.config.min_area_writes:
+                continue
+            coarsest = ashift if coarsest is None else coarsest
+            admitted = self._admitted[level]
+            for area in range(offset >> ashift, (end >> ashift) + 1):
+                if area not in admitted:
+                    heapq.heappush(self._area_due, (clock + keep, level, area))
+                admitted[area] = clock
+        if coarsest is None:
+            return []
+        start = (offset >> coarsest) << (coarsest - shift)
+        stop = min(self._nregions, ((end >> coarsest) + 1) << (coarsest - shift))
+        # The write's own regions are the record's to add; guesses are the rest.
+        own = range(offset >> shift, (end >> shift) + 1)
+        added = [r for r in range(start, stop) if r not in own and not view.contains(r)]
+        expiry_map = self._expiry
+        for region in added:
+            expiry_map[region] = _NEVER
+        self._fresh.update(added)
+        self._guessed.update(added)
+        return added
+
+    def _covered(self, region: int) -> bool:
+        """Some admitted area around the region was written recently enough."""
+        offset, clock = region << self._shift, self._clock
+        for level, ashift in enumerate(self._area_shifts):
+            last = self._admitted[level].get(offset >> ashift)
+            if last is not None and last + self._area_keep(level) > clock:
+                return True
+        return False
+
+    def _collect_quiet_areas(self) -> None:
+        """Admitted areas gone quiet leave; their guesses that no other area covers fall due."""
+        clock, area_due, guessed = self._clock, self._area_due, self._guessed
+        while area_due and area_due[0][0] <= clock:
+            _expiry, level, area = heapq.heappop(area_due)
+            last = self._admitted[level].get(area)
+            if last is None:
+                continue
+            later = last + self._area_keep(level)
+            if later > clock:
+                heapq.heappush(area_due, (later, level, area))
+                continue
+            del self._admitted[level][area]
+            per = self._area_shifts[level] - self._shift
+            for region in range(area << per, min(self._nregions, (area + 1) << per)):
+                if region in guessed and not self._covered(region):
+                    guessed.discard(region)
+                    self._expiry[region] = clock
+                    self._ready.append(region)
 
     def _follow(self, offset: int, length: int, clock: int) -> _Run | None:
         """Track streams; the stream this write continues (None: not sequential)."""
@@ -364,11 +448,11 @@ class CostAwarePolicy:
         return run.bytes / max(1, clock - run.first_write + 1)
 
     def _ahead(self, run: _Run, clock: int) -> int:
-        cfg = self.config
-        return int(min(math.sqrt(2 * cfg.hold_cost * self._rate(run, clock)),
-                       cfg.ahead_per_stream_byte * run.bytes))
+        return int(min(math.sqrt(2 * self.config.hold_cost * self._rate(run, clock)),
+                       self.config.ahead_per_stream_byte * run.bytes))
 
     def _collect_due(self) -> None:
+        self._collect_quiet_areas()
         clock, due, expiry_map, ready = self._clock, self._due, self._expiry, self._ready
         while due and due[0][0] <= clock:
             expiry, first, count = heapq.heappop(due)
@@ -430,6 +514,7 @@ class CostAwarePolicy:
         """The region leaves the record; a written one is remembered a while as a ghost."""
         self._expiry.pop(region, None)
         self._reused.discard(region)
+        self._guessed.discard(region)
         if region in self._fresh:
             self._fresh.discard(region)
         elif ghost:
@@ -442,12 +527,16 @@ class CostAwarePolicy:
 # -- the appliance's operating points -----------------------------------------------
 
 POINTS: dict[str, CostAwareConfig] = {
-    # Few updates: a rewritten 64 KiB region stays about a million writes, a random
-    # miss admits the 64 MiB around it for a thousand writes, streams look far ahead.
-    "latency-first": CostAwareConfig(hold_cost=float(64 << 30)),
-    # Little resync: a rewritten 64 KiB region stays about two thousand writes,
-    # a random miss admits only what a burst of 256 writes pays for (512 KiB).
-    "recovery-first": CostAwareConfig(hold_cost=float(128 << 20)),
+    # Few updates: written regions stay (64 x 1 GiB / region: millions of writes), a
+    # random miss guesses its 64 MiB area for 16 writes after the area's latest write,
+    # its 16 MiB area for 64, 4 MiB for 256, 1 MiB for 1024…; regions leave only with
+    # a miss's transaction, never by an update of their own.
+    "latency-first": CostAwareConfig(
+        hold_cost=float(1 << 30), written_hold_factor=64.0, stream_written_short=False,
+        background_shed=False),
+    # Little resync: a rewritten 32 KiB region stays about 2 k writes, a once-written
+    # one 256; guesses in areas of 4 MiB (16 writes) down to 128 KiB (512 writes).
+    "recovery-first": CostAwareConfig(hold_cost=float(64 << 20)),
 }
 DEFAULT_POINT = "recovery-first"
 

@@ -54,7 +54,7 @@ def test_sequential_stream_costs_few_updates() -> None:
 
 def test_a_rewritten_region_outlives_a_once_written_one() -> None:
     # hold_cost / region = 1024 writes for a rewritten region, 128 for a once-written one
-    record = make(hold_cost=1024.0 * REGION, burst_writes=1 << 30)
+    record = make(hold_cost=1024.0 * REGION, max_admit_bytes=0)
     write(record, 0)
     write(record, 0)  # region 0: reused
     write(record, 10 * MIB)  # region 160: written once
@@ -65,7 +65,7 @@ def test_a_rewritten_region_outlives_a_once_written_one() -> None:
 
 
 def test_shedding_rides_on_a_miss_transaction() -> None:
-    record = make(hold_cost=8.0 * REGION, burst_writes=1 << 30)
+    record = make(hold_cost=8.0 * REGION, max_admit_bytes=0)
     for i in range(40):
         write(record, i * MIB)
     # every write was a miss, and nothing else cost an update
@@ -75,7 +75,7 @@ def test_shedding_rides_on_a_miss_transaction() -> None:
 
 
 def test_dirty_regions_stay_until_mirrored() -> None:
-    record = make(hold_cost=2.0 * REGION, burst_writes=1 << 30)
+    record = make(hold_cost=2.0 * REGION, max_admit_bytes=0)
     for i in range(50):
         write(record, i * MIB, mirrored=False)
     assert len(record) == 50  # all expired, none mirrored: none may go
@@ -87,7 +87,7 @@ def test_dirty_regions_stay_until_mirrored() -> None:
 
 
 def test_idle_sheds_when_waiting_for_a_miss_costs_more_than_an_update() -> None:
-    record = make(hold_cost=64.0 * REGION, burst_writes=1 << 30, once_written_share=1.0)
+    record = make(hold_cost=64.0 * REGION, max_admit_bytes=0, once_written_share=1.0)
     for i in range(50):
         write(record, i * MIB)  # 50 regions, each due 64 writes after its write
     for _ in range(200):
@@ -113,3 +113,57 @@ def test_record_keeps_the_invariant_whatever_the_policy_names() -> None:
     assert record.contains(0)
     write(record, 9 * MIB)
     assert not record.contains(5 * MIB // REGION)  # clean: shed with this miss
+
+
+def _areas(**kw) -> Record:
+    # Areas of 4 MiB (kept 16 writes after their latest write), 1 MiB (64) and 256 KiB
+    # (256) around a random miss.
+    return make(hold_cost=64.0 * MIB, max_admit_bytes=4 * MIB, **kw)
+
+
+def test_a_random_miss_guesses_its_area_and_a_first_write_there_hits() -> None:
+    record = _areas()
+    write(record, 100 * MIB)
+    assert record.counters.misses == 1
+    assert all(record.contains(r) for r in range(100 * MIB // REGION, 104 * MIB // REGION))
+    write(record, 103 * MIB + 12 * KIB)  # never written before, guessed: no update
+    assert record.counters.misses == record.counters.nvram_updates == 1
+
+
+def test_guesses_thin_out_from_the_edges_of_a_quiet_area() -> None:
+    record = _areas(once_written_share=1.0)
+
+    def quiet(writes: int) -> None:
+        for _ in range(writes):
+            write(record, 500 * MIB)  # hits elsewhere: the area around 100 MiB is quiet
+
+    def region(offset: int) -> int:
+        return offset // REGION
+
+    write(record, 100 * MIB)
+    write(record, 500 * MIB)
+    quiet(30)  # past the 4 MiB area's 16 writes, within the 1 MiB area's 64
+    write(record, 800 * MIB)  # a miss: what is due leaves with its transaction
+    assert not record.contains(region(103 * MIB))
+    assert record.contains(region(100 * MIB + 512 * KIB))
+    quiet(70)  # past the 1 MiB area's 64 writes, within the 256 KiB area's 256
+    write(record, 900 * MIB)
+    assert not record.contains(region(100 * MIB + 512 * KIB))
+    assert record.contains(region(100 * MIB + 128 * KIB))
+    quiet(200)
+    write(record, 950 * MIB)
+    assert not record.contains(region(100 * MIB + 128 * KIB))
+    # The region the host wrote is not a guess: it stays for its own time (1024 writes).
+    assert record.contains(region(100 * MIB))
+    assert record.counters.nvram_updates == record.counters.misses == 5
+
+
+def test_latency_first_spends_no_update_on_shedding() -> None:
+    geometry = Geometry(1 << 30, REGION)
+    record = Record(geometry, NullRecordStore(geometry), capacity_regions=1 << 20,
+                    policy=make_policy("latency-first"))
+    write(record, 100 * MIB)
+    for _ in range(5000):
+        write(record, 100 * MIB)  # hits: the guessed area goes quiet around them
+    assert record.tidy(0.0) == 0
+    assert record.counters.nvram_updates == 1
