@@ -534,9 +534,10 @@ POINTS: dict[str, CostAwareConfig] = {
     "latency-first": CostAwareConfig(
         hold_cost=float(1 << 30), written_hold_factor=64.0, stream_written_short=False,
         background_shed=False),
-    # Little resync: a rewritten 32 KiB region stays about 2 k writes, a once-written
-    # one 256; guesses in areas of 4 MiB (16 writes) down to 128 KiB (512 writes).
-    "recovery-first": CostAwareConfig(hold_cost=float(64 << 20)),
+    # Little resync: a rewritten 32 KiB region stays 512 writes, a once-written one
+    # 64; guesses in areas of 1 MiB (16 writes) down to 128 KiB (128 writes); a tidy
+    # sheds what is due when holding it until the next miss would cost more.
+    "recovery-first": CostAwareConfig(hold_cost=float(16 << 20)),
 }
 DEFAULT_POINT = "recovery-first"
 
