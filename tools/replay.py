@@ -35,7 +35,7 @@ from firmware.record.sim import (
 from firmware.record.traces import FORMATS, TraceError, read_trace
 
 # hold_cost values swept for the frontier of --plot (bytes x writes per update).
-FRONTIER_HOLD_COSTS = tuple(float(1 << shift) for shift in range(25, 40, 2))
+FRONTIER_HOLD_COSTS = tuple(float(1 << shift) for shift in range(21, 40, 2))
 
 
 def _size(text: str) -> int:
@@ -95,18 +95,23 @@ def run(args: argparse.Namespace) -> int:
             row.detail["region_size"] = model.record.geometry.region_size
             row.detail["hold_cost"] = model.record.policy.config.hold_cost  # type: ignore[attr-defined]
     add_excess(rows)
-    frontier: list[Result] = []
+    # Per operating point, its settings with hold_cost swept.
+    frontiers: dict[str, list[Result]] = {}
     if args.plot:
-        frontier = [replay(trace, tandem_model(trace, args, points[0], h), args.link_mbps)
-                    for h in FRONTIER_HOLD_COSTS]
-        add_excess(frontier, _lower_bound(rows))
-        plot(Path(args.plot), trace.name, args.link_mbps, rows, frontier)
+        for point in points:
+            frontiers[point] = [
+                replay(trace, tandem_model(trace, args, point, h), args.link_mbps)
+                for h in FRONTIER_HOLD_COSTS]
+            add_excess(frontiers[point], _lower_bound(rows))
+        plot(Path(args.plot), trace.name, args.link_mbps, rows, frontiers)
     if args.json:
         top = rows[0].as_dict()
         top.update(trace=trace.name, link_mbps=args.link_mbps, point=points[0],
                    rows=[r.as_dict() for r in rows])
-        if frontier:
-            top["frontier"] = [r.as_dict() for r in frontier]
+        if frontiers:
+            top["frontier"] = [r.as_dict() for r in frontiers[points[0]]]
+            top["frontiers"] = {point: [r.as_dict() for r in sweep]
+                                for point, sweep in frontiers.items()}
         json.dump(top, sys.stdout, indent=1)
         print()
     else:
@@ -152,8 +157,8 @@ def format_table(rows: list[Result]) -> str:
 
 
 def plot(path: Path, title: str, link_mbps: float, rows: list[Result],
-         frontier: list[Result]) -> None:
-    """The (updates, resync) plane: Tandem's frontier over hold_cost, the rows as points."""
+         frontiers: dict[str, list[Result]]) -> None:
+    """The (updates, resync) plane: each point's frontier over hold_cost, rows as points."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -163,14 +168,25 @@ def plot(path: Path, title: str, link_mbps: float, rows: list[Result],
             from exc
     fig, ax = plt.subplots(figsize=(7, 5))
     floor = 1e-3
-    ax.plot([max(r.upd_per_kw, floor) for r in frontier],
-            [max(r.R_mean_MiB, floor) for r in frontier], "-o", color="tab:blue", ms=3,
-            label="Tandem, hold_cost swept")
+    for (point, frontier), color in zip(frontiers.items(), ("tab:blue", "tab:cyan"),
+                                        strict=False):
+        ax.plot([max(r.upd_per_kw, floor) for r in frontier],
+                [max(r.R_mean_MiB, floor) for r in frontier], "-o", color=color, ms=3,
+                label=f"Tandem, {point} settings, hold_cost swept")
     for r in rows:
         tandem = r.name.startswith("tandem")
         ax.plot(max(r.upd_per_kw, floor), max(r.R_mean_MiB, floor),
                 "*" if tandem else "s", ms=12 if tandem else 7, label=r.name,
                 linestyle="none")
+    by_name = {r.name: r for r in rows}
+    if {"DRBD-AL-1237", "dm-log-512K", "lower-bound-4K"} <= set(by_name):
+        # The corners each operating point must reach (below and left of them).
+        floor_r = by_name["lower-bound-4K"].R_mean_MiB
+        drbd, dm = by_name["DRBD-AL-1237"], by_name["dm-log-512K"]
+        ax.plot(drbd.upd_per_kw, floor_r + (drbd.R_mean_MiB - floor_r) / 2, "x", ms=10,
+                color="black", linestyle="none", label="latency-first target")
+        ax.plot(dm.upd_per_kw / 4, dm.R_mean_MiB, "+", ms=12, color="black",
+                linestyle="none", label="recovery-first target")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("record updates per 1000 writes")
