@@ -90,6 +90,14 @@ class LioExport:
             raise LioError("rtslib-fb is not installed (Debian: python3-rtslib-fb)") from exc
         self._rts = rtslib_fb
         self.settings = settings
+        # RTSRoot points the kernel's db_root at rtslib-fb's own directory and fails
+        # when that directory is missing, as on a fresh system where targetcli never ran.
+        preferred = getattr(rtslib_fb.RTSRoot, "_preferred_dbroot", None)
+        if preferred:
+            try:
+                Path(preferred).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log.warning("cannot create LIO's db_root %s: %s", preferred, exc)
         try:
             self._root = rtslib_fb.RTSRoot()
             utils.modprobe("target_core_user")
