@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from firmware.record.baselines import all_baselines
@@ -129,6 +129,31 @@ def _lower_bound(rows: list[Result]) -> float | None:
     return None
 
 
+@dataclass
+class Bounds:
+    """What the operating points must reach on one trace and link (issue 5), from the
+    baselines: latency-first at most DRBD-AL-1237's updates and half its excess,
+    recovery-first at most dm-log-512K's excess and a quarter of its updates."""
+
+    floor_MiB: float  # noqa: N815 - the lower bound's R_mean_MiB, from which excess counts
+    latency_upd_per_kw: float
+    latency_excess_MiB: float  # noqa: N815
+    recovery_excess_MiB: float  # noqa: N815
+    recovery_upd_per_kw: float
+
+
+def bounds(rows: list[Result]) -> Bounds | None:
+    """The operating points' bounds, or None when the baselines were not run."""
+    by_name = {row.name: row for row in rows}
+    try:
+        floor = by_name["lower-bound-4K"].R_mean_MiB
+        drbd, dm = by_name["DRBD-AL-1237"], by_name["dm-log-512K"]
+    except KeyError:
+        return None
+    return Bounds(floor, drbd.upd_per_kw, (drbd.R_mean_MiB - floor) / 2,
+                  dm.R_mean_MiB - floor, dm.upd_per_kw / 4)
+
+
 def add_excess(rows: list[Result], bound: float | None = None) -> None:
     """excess_MiB: the resync above the exact lower bound's (when it was run)."""
     bound = _lower_bound(rows) if bound is None else bound
@@ -178,15 +203,13 @@ def plot(path: Path, title: str, link_mbps: float, rows: list[Result],
         ax.plot(max(r.upd_per_kw, floor), max(r.R_mean_MiB, floor),
                 "*" if tandem else "s", ms=12 if tandem else 7, label=r.name,
                 linestyle="none")
-    by_name = {r.name: r for r in rows}
-    if {"DRBD-AL-1237", "dm-log-512K", "lower-bound-4K"} <= set(by_name):
+    target = bounds(rows)
+    if target is not None:
         # The corners each operating point must reach (below and left of them).
-        floor_r = by_name["lower-bound-4K"].R_mean_MiB
-        drbd, dm = by_name["DRBD-AL-1237"], by_name["dm-log-512K"]
-        ax.plot(drbd.upd_per_kw, floor_r + (drbd.R_mean_MiB - floor_r) / 2, "x", ms=10,
-                color="black", linestyle="none", label="latency-first target")
-        ax.plot(dm.upd_per_kw / 4, dm.R_mean_MiB, "+", ms=12, color="black",
-                linestyle="none", label="recovery-first target")
+        ax.plot(target.latency_upd_per_kw, target.floor_MiB + target.latency_excess_MiB,
+                "x", ms=10, color="black", linestyle="none", label="latency-first target")
+        ax.plot(target.recovery_upd_per_kw, target.floor_MiB + target.recovery_excess_MiB,
+                "+", ms=12, color="black", linestyle="none", label="recovery-first target")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("record updates per 1000 writes")

@@ -27,7 +27,7 @@ from firmware.record.baselines import all_baselines
 from firmware.record.policy import POINTS
 from firmware.record.sim import Model, Result, replay
 from firmware.record.traces import TraceError, read_trace
-from tools.replay import add_excess, format_table, tandem_model
+from tools.replay import add_excess, bounds, format_table, tandem_model
 
 BEGIN_MARK = "<!-- replay-report: begin (made by `tandem replay-report`; do not edit) -->"
 END_MARK = "<!-- replay-report: end -->"
@@ -54,17 +54,19 @@ class Check:
 def acceptance(rows: list[Result]) -> dict[str, list[Check]]:
     """The two operating points' conditions, from the rows of one trace and link."""
     by_name = {row.name: row for row in rows}
-    floor = by_name["lower-bound-4K"].R_mean_MiB
-    drbd, dm = by_name["DRBD-AL-1237"], by_name["dm-log-512K"]
+    target = bounds(rows)
+    if target is None:
+        raise ValueError("the baselines were not run: no bounds to check against")
+    floor = target.floor_MiB
     lat, rec = by_name["tandem-latency-first"], by_name["tandem-recovery-first"]
     return {
         "latency-first": [
-            Check("upd_per_kw", lat.upd_per_kw, drbd.upd_per_kw),
-            Check("excess_MiB", lat.R_mean_MiB - floor, (drbd.R_mean_MiB - floor) / 2),
+            Check("upd_per_kw", lat.upd_per_kw, target.latency_upd_per_kw),
+            Check("excess_MiB", lat.R_mean_MiB - floor, target.latency_excess_MiB),
         ],
         "recovery-first": [
-            Check("excess_MiB", rec.R_mean_MiB - floor, dm.R_mean_MiB - floor),
-            Check("upd_per_kw", rec.upd_per_kw, dm.upd_per_kw / 4),
+            Check("excess_MiB", rec.R_mean_MiB - floor, target.recovery_excess_MiB),
+            Check("upd_per_kw", rec.upd_per_kw, target.recovery_upd_per_kw),
         ],
     }
 

@@ -371,7 +371,8 @@ class CostAwarePolicy:
             keep = self._area_keep(level)
             if keep < self.config.min_area_writes:
                 continue
-            coarsest = ashift if coarsest is None else coarsest
+            if coarsest is None:
+                coarsest = ashift
             admitted = self._admitted[level]
             for area in range(offset >> ashift, (end >> ashift) + 1):
                 if area not in admitted:
