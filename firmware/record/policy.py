@@ -166,7 +166,11 @@ class SequentialLru:
 #   near earlier ones (on CloudPhysics, 1 100 of the writes to a never-written
 #   region come while its 4 MiB extent is being written, 555 more while its 64 MiB
 #   area is); a coarse area pays for itself only briefly, a fine one for longer,
-#   so guesses thin out from the edges of a quiet area towards where it was written.
+#   so guesses thin out from the edges of a quiet area towards where it was written;
+# - a random miss on a region written before also guesses what the host wrote in the
+#   ``follow_writes`` writes after that earlier write ("what followed it last time":
+#   hosts repeat sequences — a flush of the same metadata, a checkpoint), for one
+#   update's worth of holding: hold_cost / (guessed bytes) writes.
 
 
 @dataclass
@@ -190,6 +194,10 @@ class CostAwareConfig:
     max_streams: int = 32
     max_gap: int = 128 * 1024
     ahead_per_stream_byte: int = 16
+    # Writes remembered in order (0: none) and how many of those that followed a
+    # missed region's previous write are guessed with the miss.
+    history_writes: int = 65536
+    follow_writes: int = 16
     # Regions shed recently, remembered so that a rewrite of one counts as reuse.
     ghost_regions: int = 65536
     # Spend background updates (tidy) on shedding when holding until the next miss
@@ -240,6 +248,12 @@ class CostAwarePolicy:
         self._admitted: list[dict[int, int]] = []
         self._area_due: list[tuple[int, int, int]] = []
         self._guessed: set[int] = set()  # fresh members that live by their areas
+        # The host's recent writes as (first region, count), slot = clock % size, and
+        # the clock of each region's latest write (as many regions as writes kept);
+        # the previous write of the latest write's first region (None: not known).
+        self._history: list[tuple[int, int]] = []
+        self._written_at: OrderedDict[int, int] = OrderedDict()
+        self._previous_write: int | None = None
         # Regions named as victims, with what was known of them: the record may keep
         # some (it raises RecordFull when the victims do not make room for the write),
         # and a kept region the policy had forgotten would never be named again.
@@ -302,6 +316,7 @@ class CostAwarePolicy:
             heapq.heappush(due, (expiry_reused, first, len(span)))
         self._fresh.difference_update(span)
         self._guessed.difference_update(span)
+        self._remember(first, len(span), clock)
 
     def predict(self, view: RecordView, offset: int, length: int) -> list[int]:
         self._reconcile()
@@ -311,7 +326,8 @@ class CostAwarePolicy:
         shift = self._shift
         run = self._run
         if run is None:
-            return self._guess_areas(view, offset, length)
+            added = self._guess_areas(view, offset, length)
+            return added + self._guess_followers(view, offset, length, set(added))
         ahead = self._ahead(run, clock)
         rate = self._rate(run, clock)
         start = ((offset + length - 1) >> shift) + 1
@@ -391,6 +407,57 @@ class CostAwarePolicy:
         self._fresh.update(added)
         self._guessed.update(added)
         return added
+
+    def _remember(self, first: int, count: int, clock: int) -> None:
+        """Log the write in the history; note when its first region was written before."""
+        size = self.config.history_writes
+        if size <= 0:
+            return
+        written_at = self._written_at
+        self._previous_write = written_at.get(first)
+        if not self._history:
+            self._history = [(0, 0)] * size
+        self._history[clock % size] = (first, count)
+        for region in range(first, first + count):
+            written_at[region] = clock
+            written_at.move_to_end(region)
+        while len(written_at) > size:
+            written_at.popitem(last=False)
+
+    def _guess_followers(self, view: RecordView, offset: int, length: int,
+                         taken: set[int]) -> list[int]:
+        """Regions written just after the missed region's previous write, for one update's worth."""
+        cfg, clock = self.config, self._clock
+        before = self._previous_write
+        size = cfg.history_writes
+        if before is None or clock - before >= size or cfg.follow_writes <= 0:
+            return []
+        region_size = 1 << self._shift
+        # A set worth fewer than min_area_writes of holding is not guessed (as areas).
+        most = int(cfg.hold_cost / (region_size * cfg.min_area_writes))
+        own = range(offset >> self._shift, ((offset + max(length, 1) - 1) >> self._shift) + 1)
+        history = self._history
+        guesses: list[int] = []
+        seen = set(taken)
+        seen.update(own)
+        for then in range(before + 1, min(before + 1 + cfg.follow_writes, clock)):
+            first, count = history[then % size]
+            for region in range(first, first + count):
+                if region not in seen and not view.contains(region):
+                    seen.add(region)
+                    guesses.append(region)
+            if len(guesses) >= most:
+                del guesses[most:]
+                break
+        if not guesses:
+            return []
+        expiry = clock + max(1, int(cfg.hold_cost / (len(guesses) * region_size)))
+        expiry_map, due = self._expiry, self._due
+        for region in guesses:
+            expiry_map[region] = expiry
+            heapq.heappush(due, (expiry, region, 1))
+        self._fresh.update(guesses)
+        return guesses
 
     def _covered(self, region: int) -> bool:
         """Some admitted area around the region was written recently enough."""

@@ -167,3 +167,50 @@ def test_latency_first_spends_no_update_on_shedding() -> None:
         write(record, 100 * MIB)  # hits: the guessed area goes quiet around them
     assert record.tidy(0.0) == 0
     assert record.counters.nvram_updates == 1
+
+
+def test_a_miss_guesses_what_followed_that_region_last_time() -> None:
+    # hold_cost / region = 1024 writes; a once-written region stays 128 writes.
+    record = make(hold_cost=1024.0 * REGION, max_admit_bytes=0)
+    scattered = [7 * MIB, 300 * MIB, 42 * MIB, 900 * MIB, 123 * MIB]  # a checkpoint, say
+
+    def checkpoint() -> None:
+        for offset in scattered:
+            write(record, offset)
+
+    checkpoint()
+    assert record.counters.misses == len(scattered)
+    for _ in range(2000):
+        write(record, 600 * MIB)  # long enough for every checkpoint region to be shed
+    write(record, 700 * MIB)  # a miss: what is due leaves with it
+    assert not any(record.contains(offset // REGION) for offset in scattered)
+    misses = record.counters.misses
+    checkpoint()  # the same sequence again: its first write misses, and guesses the rest
+    assert record.counters.misses == misses + 1
+
+
+def test_followers_are_guesses_that_expire_unwritten() -> None:
+    record = make(hold_cost=1024.0 * REGION, max_admit_bytes=0)
+    write(record, 7 * MIB)
+    write(record, 300 * MIB)
+    for _ in range(2000):
+        write(record, 600 * MIB)
+    write(record, 700 * MIB)
+    write(record, 7 * MIB)  # a miss: 300 MiB followed it last time and is guessed
+    assert record.contains(300 * MIB // REGION)
+    # One region guessed: kept hold_cost / its bytes = 1024 writes, then shed with a miss.
+    for _ in range(1100):
+        write(record, 600 * MIB)
+    write(record, 800 * MIB)
+    assert not record.contains(300 * MIB // REGION)
+
+
+def test_history_can_be_turned_off() -> None:
+    record = make(hold_cost=1024.0 * REGION, max_admit_bytes=0, history_writes=0)
+    write(record, 7 * MIB)
+    write(record, 300 * MIB)
+    for _ in range(2000):
+        write(record, 600 * MIB)
+    write(record, 700 * MIB)
+    write(record, 7 * MIB)
+    assert not record.contains(300 * MIB // REGION)
