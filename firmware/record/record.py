@@ -120,6 +120,11 @@ class Record:
         state = self._members.get(region)
         return state is None or self._clean(state)
 
+    def last_write_seq(self, region: int) -> int:
+        """Sequence number of the latest write to a member region (0: none, or not a member)."""
+        state = self._members.get(region)
+        return 0 if state is None else state.last_seq
+
     def evictable(self, region: int) -> bool:
         state = self._members.get(region)
         return state is not None and state.inflight == 0 and self._clean(state)
