@@ -260,9 +260,9 @@ class CostAwarePolicy:
         self._admitted: list[dict[int, int]] = []
         self._area_due: list[tuple[int, int, int]] = []
         self._guessed: set[int] = set()  # fresh members that live by their areas
-        # The host's recent writes as (first region, count), slot = clock % size, and
-        # the clock of each region's latest write (as many regions as writes kept);
-        # the previous write of the latest write's first region (None: not known).
+        # The host's recent writes as (first region, count), slot = clock % size (sized
+        # in attach); the clock of each region's latest write (as many regions as writes
+        # kept); the previous write of the latest write's first region (None: unknown).
         self._history: list[tuple[int, int]] = []
         self._written_at: OrderedDict[int, int] = OrderedDict()
         self._previous_write: int | None = None
@@ -283,6 +283,7 @@ class CostAwarePolicy:
             self._area_shifts.append(area.bit_length() - 1)
             area //= 4
         self._admitted = [{} for _ in self._area_shifts]
+        self._history = [(0, 0)] * max(0, self.config.history_writes)
         regions = [region for region, _touched in view.lru()]
         for region in regions:  # found at start-up: treat as written once, just now
             self._expiry[region] = 0
@@ -338,8 +339,10 @@ class CostAwarePolicy:
         shift = self._shift
         run = self._run
         if run is None:
-            added = self._guess_areas(view, offset, length)
-            return added + self._guess_followers(view, offset, length, set(added))
+            # The write's own regions are the record's to add; guesses are the rest.
+            own = range(offset >> shift, ((offset + max(length, 1) - 1) >> shift) + 1)
+            added = self._guess_areas(view, offset, length, own)
+            return added + self._guess_followers(view, set(added).union(own))
         ahead = self._ahead(run, clock)
         rate = self._rate(run, clock)
         start = ((offset + length - 1) >> shift) + 1
@@ -390,7 +393,8 @@ class CostAwarePolicy:
         """Writes an area of this level is kept after its latest write."""
         return int(self.config.hold_cost / (1 << self._area_shifts[level]))
 
-    def _guess_areas(self, view: RecordView, offset: int, length: int) -> list[int]:
+    def _guess_areas(self, view: RecordView, offset: int, length: int,
+                     own: range) -> list[int]:
         """Admit the areas around a random miss; return the coarsest one's new regions."""
         clock, shift = self._clock, self._shift
         end = offset + max(length, 1) - 1
@@ -410,8 +414,6 @@ class CostAwarePolicy:
             return []
         start = (offset >> coarsest) << (coarsest - shift)
         stop = min(self._nregions, ((end >> coarsest) + 1) << (coarsest - shift))
-        # The write's own regions are the record's to add; guesses are the rest.
-        own = range(offset >> shift, (end >> shift) + 1)
         added = [r for r in range(start, stop) if r not in own and not view.contains(r)]
         expiry_map = self._expiry
         for region in added:
@@ -427,8 +429,6 @@ class CostAwarePolicy:
             return
         written_at = self._written_at
         self._previous_write = written_at.get(first)
-        if not self._history:
-            self._history = [(0, 0)] * size
         self._history[clock % size] = (first, count)
         for region in range(first, first + count):
             written_at[region] = clock
@@ -436,9 +436,9 @@ class CostAwarePolicy:
         while len(written_at) > size:
             written_at.popitem(last=False)
 
-    def _guess_followers(self, view: RecordView, offset: int, length: int,
-                         taken: set[int]) -> list[int]:
-        """Regions written just after the missed region's previous write, for one update's worth."""
+    def _guess_followers(self, view: RecordView, seen: set[int]) -> list[int]:
+        """Regions written just after the missed region's previous write, for one update's
+        worth; none of ``seen`` (the write's own and those already guessed), which grows."""
         cfg, clock = self.config, self._clock
         before = self._previous_write
         size = cfg.history_writes
@@ -447,11 +447,8 @@ class CostAwarePolicy:
         region_size = 1 << self._shift
         # A set worth fewer than min_area_writes of holding is not guessed (as areas).
         most = int(cfg.hold_cost / (region_size * cfg.min_area_writes))
-        own = range(offset >> self._shift, ((offset + max(length, 1) - 1) >> self._shift) + 1)
         history = self._history
         guesses: list[int] = []
-        seen = set(taken)
-        seen.update(own)
         for then in range(before + 1, min(before + 1 + cfg.follow_writes, clock)):
             first, count = history[then % size]
             for region in range(first, first + count):
