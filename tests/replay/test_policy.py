@@ -86,17 +86,41 @@ def test_dirty_regions_stay_until_mirrored() -> None:
     assert len(record) <= 3
 
 
-def test_idle_sheds_when_waiting_for_a_miss_costs_more_than_an_update() -> None:
+def test_a_tidy_sheds_due_regions_only_after_waiting_eight_updates_worth_for_a_miss() -> None:
+    # 50 regions of 64 KiB, each due 64 writes after its write: waiting costs 50 regions
+    # x writes; a tidy may spend an update once that reaches 8 x 64 region-writes.
     record = make(hold_cost=64.0 * REGION, max_admit_bytes=0, once_written_share=1.0)
     for i in range(50):
-        write(record, i * MIB)  # 50 regions, each due 64 writes after its write
-    for _ in range(200):
-        write(record, 0)  # hits: no miss to ride on
-    assert len(record) == 50
+        write(record, i * MIB)  # 50 misses
+    for _ in range(70):
+        write(record, 0)  # hits: past every region's time, no miss to shed them with
+    assert record.tidy(0.0) == 0  # the rent is counted from here
+    for _ in range(10):
+        write(record, 0)
+    assert record.tidy(0.5) == 0  # 50 x 10 region-writes paid: less than 8 updates' worth
     before = record.counters.nvram_updates
-    assert record.tidy(0.0) > 0
+    write(record, 0)
+    assert record.tidy(1.0) > 0  # 50 x 11 >= 512: one update sheds them
     assert record.counters.nvram_updates == before + 1
     assert len(record) <= 2
+
+
+def test_once_a_miss_has_shed_the_due_regions_a_tidy_spends_nothing() -> None:
+    record = make(hold_cost=64.0 * REGION, max_admit_bytes=0, once_written_share=1.0)
+    for i in range(50):
+        write(record, i * MIB)
+    for _ in range(70):
+        write(record, 0)
+    record.tidy(0.0)
+    for _ in range(10):
+        write(record, 0)
+    write(record, 700 * MIB)  # a miss: it sheds the due regions for free
+    assert len(record) <= 3
+    for _ in range(11):
+        write(record, 0)
+    before = record.counters.nvram_updates
+    assert record.tidy(1.0) == 0  # nothing left due: no update spent
+    assert record.counters.nvram_updates == before
 
 
 def test_record_keeps_the_invariant_whatever_the_policy_names() -> None:
