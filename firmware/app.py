@@ -27,7 +27,7 @@ from board import load_profile
 from firmware.mirror.mirror import Mirror, MirrorConfig
 from firmware.record.layout import Geometry, LayoutError, new_volume_uuid
 from firmware.record.policy import POINTS, RecordPolicy, SequentialLru, make_policy
-from firmware.record.record import Record
+from firmware.record.record import QUIET_EVICT_S, Record
 from firmware.record.store import NvramRecordStore
 from firmware.volume.group_commit import GroupCommitStore
 from firmware.volume.volume import Volume
@@ -72,7 +72,7 @@ class Settings:
     idle_evict_s: float | None = 2.0
     point: str = "latency-first"  # record policy: an operating point, or "sequential-lru"
     tidy_interval_s: float = 0.5
-    quiet_evict_s: float = 5.0
+    quiet_evict_s: float = QUIET_EVICT_S
     read_only: bool = False
     tcmu: bool = False
     tcm_loop: bool = False
@@ -157,7 +157,8 @@ class Appliance:
             in (True, False)
         self.commits = GroupCommitStore(self.store, inline=not slow_nvram)
         self.record = Record(geometry, self.commits, capacity_regions=max(1, budget // region_size),
-                             policy=policy, initial_regions=regions, now=time.monotonic())
+                             policy=policy, initial_regions=regions, now=time.monotonic(),
+                             quiet_evict_s=s.quiet_evict_s)
 
     def _recover_record(self, region_size: int, fresh: bool
                         ) -> tuple[Geometry, list[int], StartupReport]:
@@ -251,19 +252,12 @@ class Appliance:
         await self.console.start()
 
     async def _tidy(self) -> None:
-        # The policies' own clocks may count host writes; when the host goes quiet,
-        # nothing would ever leave the record. After quiet_evict_s without a write,
-        # every mirrored region is shed in one transaction: a crash then costs no resync.
-        last_seq, quiet_since = self.record.seq, time.monotonic()
+        # The record sheds what its policy names and, after quiet_evict_s without a
+        # host write, every mirrored region (the same code the replay runs).
         while True:
             await asyncio.sleep(self.settings.tidy_interval_s)
-            now = time.monotonic()
-            if self.record.seq != last_seq:
-                last_seq, quiet_since = self.record.seq, now
             try:
-                shed = self.record.tidy(now)
-                if now - quiet_since >= self.settings.quiet_evict_s:
-                    shed += self.record.evict_clean()
+                shed = self.record.tidy(time.monotonic())
                 if shed:
                     self.volume.room_made()
             except OSError as exc:

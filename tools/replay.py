@@ -23,6 +23,7 @@ from firmware.record.policy import (
     CostAwareConfig,
     CostAwarePolicy,
 )
+from firmware.record.record import QUIET_EVICT_S
 from firmware.record.sim import (
     MIB,
     Model,
@@ -72,8 +73,9 @@ def tandem_model(trace: TraceWrites, args: argparse.Namespace, point: str,
         config.hold_cost = hold_cost
     capacity = max(1, args.resync_budget // region) if args.resync_budget else geometry.nregions
     tidy = None if args.tidy_interval <= 0 else args.tidy_interval
+    quiet = None if args.quiet_evict <= 0 else args.quiet_evict
     name = f"tandem-{point}" if hold_cost is None else f"tandem@{hold_cost:.3g}"
-    return TandemModel(name, geometry, CostAwarePolicy(config), capacity, tidy)
+    return TandemModel(name, geometry, CostAwarePolicy(config), capacity, tidy, quiet)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -244,6 +246,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="hard cap on the bytes the record names (default: none)")
     p.add_argument("--tidy-interval", type=float, default=0.5,
                    help="seconds between background tidies (<=0: none; default 0.5)")
+    p.add_argument("--quiet-evict", type=float, default=QUIET_EVICT_S,
+                   help="a tidy sheds every clean region after this many seconds without a "
+                        f"write, as the appliance does (<=0: never; default {QUIET_EVICT_S:g})")
     p.add_argument("--baselines", action="store_true",
                    help="also DRBD AL 1237/6433, md bitmap 64M, dm-log 512K, lower bound")
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")

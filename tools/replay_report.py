@@ -25,6 +25,7 @@ from pathlib import Path
 
 from firmware.record.baselines import all_baselines
 from firmware.record.policy import POINTS
+from firmware.record.record import QUIET_EVICT_S
 from firmware.record.sim import Model, Result, replay
 from firmware.record.traces import TraceError, read_trace
 from tools.replay import add_excess, bounds, format_table, tandem_model
@@ -90,7 +91,8 @@ def trace_files(folder: Path) -> list[Path]:
 def _replay_options(args: argparse.Namespace) -> argparse.Namespace:
     """What tools.replay.tandem_model reads, at `tandem replay`'s defaults."""
     return argparse.Namespace(volume_size=None, region_size=None, nvram_bytes=args.nvram_bytes,
-                              hold_cost=None, resync_budget=None, tidy_interval=0.5)
+                              hold_cost=None, resync_budget=None, tidy_interval=0.5,
+                              quiet_evict=QUIET_EVICT_S)
 
 
 def run_one(path: Path, link_mbps: float, options: argparse.Namespace) -> Run:

@@ -8,7 +8,8 @@ Verbs, in the spirit of Linux's dm-dirty-log:
 - ``mirrored_upto`` / ``mirrored_region`` — the second medium durably holds every
   write up to a sequence number (ordered mirror), or a region as of one (copy);
 - ``is_clean`` / ``dirty_regions`` — what the mirror still has to copy;
-- ``tidy`` — evict quiet clean regions in the background;
+- ``tidy`` — evict clean regions in the background: those the policy names, and
+  every one once the host has written nothing for ``quiet_evict_s``;
 - ``flush`` — make sure earlier transactions are durable.
 
 A region leaves the record only when it is mirrored and no write to it is in
@@ -23,6 +24,12 @@ from dataclasses import asdict, dataclass
 from firmware.record.layout import Geometry
 from firmware.record.policy import RecordPolicy, SequentialLru
 from firmware.record.store import RecordStore
+
+# The appliance's default for Record.quiet_evict_s (and the replay's): the host has
+# stopped, not paused. Hosts flush on timers — Linux's writeback every 5 s, dirty data
+# at 30 s, ext4's journal every 5 s — so a shorter wait would empty the record
+# between one flush and the next and pay for it again with misses.
+QUIET_EVICT_S = 30.0
 
 
 class RecordFull(Exception):
@@ -59,7 +66,8 @@ class Record:
 
     def __init__(self, geometry: Geometry, store: RecordStore, *,
                  capacity_regions: int, policy: RecordPolicy | None = None,
-                 initial_regions: Iterable[int] = (), now: float = 0.0) -> None:
+                 initial_regions: Iterable[int] = (), now: float = 0.0,
+                 quiet_evict_s: float | None = None) -> None:
         if capacity_regions < 1:
             raise ValueError("record capacity must be at least one region")
         self.geometry = geometry
@@ -70,6 +78,11 @@ class Record:
         # volume, and stalling hosts would not make the resync any smaller.
         self.enforce_capacity = True
         self.counters = RecordCounters()
+        # Policies may count time in host writes, and then nothing leaves while the
+        # host is quiet: after this long without a write (None: never) a tidy sheds
+        # every clean region, so that a crash then costs no resync.
+        self.quiet_evict_s = quiet_evict_s
+        self._last_write_at = now
         self._shift = geometry.region_shift
         self._members: dict[int, _Region] = {}
         self._seq = 0
@@ -154,6 +167,7 @@ class Record:
             self._admit(missing, span, offset, length, now)
         self._seq += 1
         seq = self._seq
+        self._last_write_at = now
         for region in span:
             state = members.pop(region)
             state.inflight += 1
@@ -225,7 +239,10 @@ class Record:
 
     def tidy(self, now: float) -> int:
         """Evict quiet clean regions (one transaction); return how many left."""
-        quiet = self._checked_victims(self.policy.idle(self, now), ())
+        chosen = self.policy.idle(self, now)
+        if self.quiet_evict_s is not None and now - self._last_write_at >= self.quiet_evict_s:
+            chosen = [*chosen, *self._members]
+        quiet = self._checked_victims(chosen, ())
         if not quiet:
             return 0
         written = self.store.commit((), quiet)

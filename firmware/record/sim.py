@@ -26,7 +26,7 @@ from typing import Protocol
 
 from firmware.record.layout import Geometry
 from firmware.record.policy import RecordPolicy
-from firmware.record.record import Record, RecordFull
+from firmware.record.record import QUIET_EVICT_S, Record, RecordFull
 from firmware.record.store import NullRecordStore
 
 MIB = 1 << 20
@@ -191,11 +191,13 @@ class TandemModel:
     """The firmware's Record and a policy, persisted into a NullRecordStore."""
 
     def __init__(self, name: str, geometry: Geometry, policy: RecordPolicy,
-                 capacity_regions: int, tidy_s: float | None = 0.5) -> None:
+                 capacity_regions: int, tidy_s: float | None = 0.5,
+                 quiet_evict_s: float | None = QUIET_EVICT_S) -> None:
         self.name = name
         self.tick_s = tidy_s
         self.record = Record(geometry, NullRecordStore(geometry),
-                             capacity_regions=capacity_regions, policy=policy)
+                             capacity_regions=capacity_regions, policy=policy,
+                             quiet_evict_s=quiet_evict_s)
         self._shift = geometry.region_shift
 
     def write(self, seq: int, offset: int, length: int, now: float) -> bool:

@@ -151,6 +151,27 @@ def test_idle_clean_regions_are_tidied_in_one_transaction() -> None:
     assert record.regions() == [7]
 
 
+def test_a_quiet_host_leaves_only_dirty_regions_after_quiet_evict_s() -> None:
+    geometry = Geometry(64 << 20, REGION, new_volume_uuid())
+    record = Record(geometry, CountingStore(), capacity_regions=1000, quiet_evict_s=5.0,
+                    policy=SequentialLru(SequentialLruConfig(idle_evict_s=None)))
+    for r in range(4):
+        write(record, r * 10 * REGION, 4096, now=1.0)
+    record.mirrored_upto(3)  # the fourth write is still on its way
+    store = record.store
+    before = len(store.commits)
+    assert record.tidy(now=5.9) == 0  # 4.9 s without a write: nothing
+    assert record.tidy(now=6.0) == 3  # 5 s: every clean region, one transaction
+    assert len(store.commits) == before + 1
+    assert record.regions() == [30]
+    assert record.tidy(now=7.0) == 0  # the dirty one stays, and no update is spent
+    record.mirrored_upto(4)
+    assert record.tidy(now=7.5) == 1 and len(record) == 0
+    write(record, 0, 4096, now=8.0)  # the host is back: the clock starts again
+    record.mirrored_upto(5)
+    assert record.tidy(now=12.9) == 0 and record.regions() == [0]
+
+
 def test_catch_up_marks_regions_clean_individually() -> None:
     record = make_record()
     write(record, 0, 4096)

@@ -61,6 +61,23 @@ def test_tandem_model_drives_the_record_and_counts_its_transactions() -> None:
     assert len(model.record) == 2
 
 
+def test_the_replayed_record_empties_when_the_host_goes_quiet_as_the_appliance_does() -> None:
+    geometry = Geometry(64 * MIB, 64 * KIB)
+    first = [(0.0, i * MIB, 4 * KIB) for i in range(8)]
+
+    def replayed(pause_s: float, **quiet: float | None) -> TandemModel:
+        model = TandemModel("t", geometry, SequentialLru(SequentialLruConfig(idle_evict_s=None)),
+                            capacity_regions=100, **quiet)
+        replay(trace_of(*first, (pause_s, 32 * MIB, 4 * KIB)), model, link_mbps=100)
+        return model
+
+    stopped = replayed(40.0)  # past the appliance's 30 s: the eight went during the pause
+    assert stopped.record.regions() == [512]
+    assert stopped.record.counters.nvram_updates == 8 + 1 + 1  # misses, one tidy, one miss
+    assert len(replayed(20.0).record) == 9  # a pause, not a stop
+    assert len(replayed(40.0, quiet_evict_s=None).record) == 9
+
+
 def test_smallest_region_fits_the_nvram() -> None:
     assert smallest_region(100 * MIB, 262144) == 4096
     region = smallest_region(32 << 30, 262144)
