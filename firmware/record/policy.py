@@ -276,10 +276,10 @@ class CostAwarePolicy:
         self._history: list[tuple[int, int]] = []
         self._written_at: OrderedDict[int, int] = OrderedDict()
         self._previous_write: int | None = None
-        # Regions named as victims, with what was known of them: the record may keep
-        # some (it raises RecordFull when the victims do not make room for the write),
-        # and a kept region the policy had forgotten would never be named again.
-        self._offered: list[tuple[int, int | None, bool, bool]] = []
+        # Regions named as victims (and whether to remember them as ghosts), forgotten
+        # at the next call once the record has let them go: it may keep some (it raises
+        # RecordFull when the victims do not make room for the write, or the store fails).
+        self._offered: list[tuple[int, bool]] = []
 
     # -- RecordPolicy ----------------------------------------------------------------
 
@@ -378,8 +378,7 @@ class CostAwarePolicy:
                     break
                 if region not in taken and region not in protect and view.evictable(region):
                     chosen.append(region)
-                    self._offer(region)
-                    self._forget(region)
+                    self._offered.append((region, False))
         return chosen
 
     def idle(self, view: RecordView, now: float) -> list[int]:
@@ -426,10 +425,9 @@ class CostAwarePolicy:
             return []
         start = (offset >> coarsest) << (coarsest - shift)
         stop = min(self._nregions, ((end >> coarsest) + 1) << (coarsest - shift))
-        added = [r for r in range(start, stop) if r not in own and not view.contains(r)]
-        expiry_map = self._expiry
-        for region in added:
-            expiry_map[region] = _NEVER
+        contains = view.contains
+        added = [r for r in range(start, stop) if r not in own and not contains(r)]
+        self._expiry.update(dict.fromkeys(added, _NEVER))
         self._fresh.update(added)
         self._guessed.update(added)
         return added
@@ -480,14 +478,34 @@ class CostAwarePolicy:
         self._fresh.update(guesses)
         return guesses
 
-    def _covered(self, region: int) -> bool:
-        """Some admitted area around the region was written recently enough."""
-        offset, clock = region << self._shift, self._clock
-        for level, ashift in enumerate(self._area_shifts):
-            last = self._admitted[level].get(offset >> ashift)
-            if last is not None and last + self._area_keep(level) > clock:
-                return True
-        return False
+    def _uncovered(self, level: int, area: int, regions: set[int]) -> set[int]:
+        """Of ``regions`` (in a quiet area of ``level``), those no live area covers: an
+        area is live while written within its keep. Works on whole areas, not regions —
+        a 64 MiB area is thousands of regions, and a miss may retire one."""
+        clock, shift, shifts = self._clock, self._shift, self._area_shifts
+        ashift = shifts[level]
+        base = area << ashift  # first byte of the quiet area
+        for coarser in range(level):  # coarsest first: at most one area each holds it
+            last = self._admitted[coarser].get(base >> shifts[coarser])
+            if last is not None and last + self._area_keep(coarser) > clock:
+                return set()
+        for finer in range(level + 1, len(shifts)):
+            admitted = self._admitted[finer]
+            if not admitted:
+                continue
+            fshift, keep = shifts[finer], self._area_keep(finer)
+            first = base >> fshift
+            stop = first + (1 << (ashift - fshift))
+            inside = (range(first, stop) if stop - first <= len(admitted)
+                      else [a for a in admitted if first <= a < stop])
+            per = fshift - shift
+            for sub in inside:
+                last = admitted.get(sub)
+                if last is not None and last + keep > clock:
+                    regions.difference_update(range(sub << per, (sub + 1) << per))
+            if not regions:
+                break
+        return regions
 
     def _collect_quiet_areas(self) -> None:
         """Admitted areas gone quiet leave; their guesses that no other area covers fall due."""
@@ -503,11 +521,14 @@ class CostAwarePolicy:
                 continue
             del self._admitted[level][area]
             per = self._area_shifts[level] - self._shift
-            for region in range(area << per, min(self._nregions, (area + 1) << per)):
-                if region in guessed and not self._covered(region):
-                    guessed.discard(region)
-                    self._expiry[region] = clock
-                    self._ready.append(region)
+            inside = guessed.intersection(range(area << per,
+                                                min(self._nregions, (area + 1) << per)))
+            if not inside:
+                continue
+            released = sorted(self._uncovered(level, area, inside))
+            guessed.difference_update(released)
+            self._expiry.update(dict.fromkeys(released, clock))
+            self._ready.extend(released)
 
     def _follow(self, offset: int, length: int, clock: int) -> _Run | None:
         """Track streams; the stream this write continues (None: not sequential)."""
@@ -558,15 +579,16 @@ class CostAwarePolicy:
         self._collect_due()
         chosen: list[int] = []
         later: list[int] = []
-        expiry_map = self._expiry
+        expiry_map, offered = self._expiry, self._offered
         clock = self._clock
-        for region in self._ready:
+        contains, evictable = view.contains, view.evictable
+        for region in dict.fromkeys(self._ready):  # a region may have fallen due twice
             expiry = expiry_map.get(region)
             if expiry is None or expiry > clock:
                 continue  # written again since it fell due
-            if not view.contains(region):
+            if not contains(region):
                 self._forget(region)
-            elif region in protect or not view.evictable(region):
+            elif region in protect or not evictable(region):
                 written = view.last_write_seq(region)
                 if region not in protect and written > view.mirrored_seq:
                     # Due, but its data is still on the way to the second medium: it
@@ -578,8 +600,7 @@ class CostAwarePolicy:
                     later.append(region)
             else:
                 chosen.append(region)
-                self._offer(region)
-                self._forget(region, ghost=True)
+                offered.append((region, True))
         self._ready = []
         if later:
             # Spread the next look over as many writes as there are regions to look at
@@ -590,27 +611,25 @@ class CostAwarePolicy:
                 heapq.heappush(self._due, (retry, region, 1))
         return chosen
 
-    def _offer(self, region: int) -> None:
-        self._offered.append((region, self._expiry.get(region), region in self._reused,
-                              region in self._fresh))
-
     def _reconcile(self) -> None:
-        """Remember again, as they were, the victims the record kept."""
+        """Forget the victims the record let go; look again later at those it kept."""
         if not self._offered:
             return
         view = self._view
-        for region, expiry, reused, fresh in self._offered:
-            if view is None or not view.contains(region) or region in self._expiry:
-                continue  # evicted (or known again already)
-            expiry = self._clock if expiry is None else expiry
-            self._expiry[region] = expiry
-            heapq.heappush(self._due, (expiry, region, 1))
-            self._ghosts.pop(region, None)
-            if reused:
-                self._reused.add(region)
-            if fresh:
-                self._fresh.add(region)
+        contains = view.contains if view is not None else (lambda _region: False)
+        gone: list[int] = []
+        ghosts: list[int] = []
+        for region, ghost in self._offered:
+            if not contains(region):
+                gone.append(region)
+                if ghost:
+                    ghosts.append(region)
+            else:
+                expiry = self._expiry.setdefault(region, self._clock)
+                heapq.heappush(self._due, (expiry, region, 1))
         self._offered.clear()
+        if gone:
+            self._forget_all(gone, ghosts)
 
     def _forget(self, region: int, ghost: bool = False) -> None:
         """The region leaves the record; a written one is remembered a while as a ghost."""
@@ -624,6 +643,24 @@ class CostAwarePolicy:
             ghosts[region] = None
             if len(ghosts) > self.config.ghost_regions:
                 ghosts.popitem(last=False)
+
+    def _forget_all(self, regions: list[int], ghosts: list[int]) -> None:
+        """``_forget`` for many regions at once (a miss may shed thousands); those of
+        ``ghosts`` that the host wrote are remembered as ghosts, in order."""
+        expiry_map = self._expiry
+        for region in regions:
+            expiry_map.pop(region, None)
+        self._reused.difference_update(regions)
+        self._guessed.difference_update(regions)
+        fresh = self._fresh
+        written = [r for r in ghosts if r not in fresh]
+        fresh.difference_update(regions)
+        if written:
+            ghost_map = self._ghosts
+            for region in written:
+                ghost_map[region] = None  # a ghost already known keeps its place
+            while len(ghost_map) > self.config.ghost_regions:
+                ghost_map.popitem(last=False)
 
 
 # -- the appliance's operating points -----------------------------------------------
