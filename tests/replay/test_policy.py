@@ -123,6 +123,39 @@ def test_once_a_miss_has_shed_the_due_regions_a_tidy_spends_nothing() -> None:
     assert record.counters.nvram_updates == before
 
 
+def _scattered_then_clustered(min_guess_yield: float) -> tuple[int, int]:
+    """Guesses added by 600 misses scattered over 64 GiB, and by the last 200 of 1000
+    misses that come after, each followed by a write 2 MiB further (which a guess of
+    the miss's area catches)."""
+    geometry = Geometry(64 << 30, 1 * MIB)
+    policy = CostAwarePolicy(CostAwareConfig(hold_cost=float(1 << 30), written_hold_factor=64.0,
+                                             background_shed=False,
+                                             min_guess_yield=min_guess_yield))
+    record = Record(geometry, NullRecordStore(geometry), capacity_regions=1 << 20,
+                    policy=policy)
+    rng = random.Random(7)
+    for _ in range(600):
+        write(record, rng.randrange(64 << 10) * MIB)
+    scattered = record.counters.predicted_added
+    for i in range(1000):
+        if i == 800:
+            before_last = record.counters.predicted_added
+        area = rng.randrange(16 << 10) * 4 * MIB
+        write(record, area)
+        write(record, area + 2 * MIB)
+    return scattered, record.counters.predicted_added - before_last
+
+
+def test_an_area_level_that_catches_nothing_stops_guessing_and_one_that_does_resumes() -> None:
+    scattered, clustered = _scattered_then_clustered(min_guess_yield=0.25)
+    always_scattered, always_clustered = _scattered_then_clustered(min_guess_yield=0.0)
+    # 64 MiB areas of 64 regions at every scattered miss, ungated: 600 x 63 guesses.
+    assert always_scattered > 30_000
+    assert scattered < always_scattered / 10  # probes, once the levels are judged
+    # Writes land on the guesses again: the probes see it and the levels reopen.
+    assert clustered > always_clustered / 2
+
+
 def test_record_keeps_the_invariant_whatever_the_policy_names() -> None:
     class Greedy(SequentialLru):
         """Names every member, dirty or not, as a victim."""
