@@ -156,6 +156,22 @@ def test_an_area_level_that_catches_nothing_stops_guessing_and_one_that_does_res
     assert clustered > always_clustered / 2
 
 
+def test_a_full_record_makes_room_from_the_earliest_expiries_first() -> None:
+    # Written once: a region stays 4 x 64 / 8 = 32 writes; rewritten: 256.
+    record = make(hold_cost=4 * 64.0 * REGION, capacity=4, max_admit_bytes=0)
+    seq = record.begin_write(1 * MIB, 4096, 0.0)  # region 16's write stays in flight
+    for i in (2, 3):
+        write(record, i * MIB)
+    write(record, 0)
+    write(record, 0)
+    write(record, 9 * MIB)  # full, nothing due: 16 first by expiry, but in flight; then 32
+    assert record.regions() == [0, 16, 48, 144]
+    record.end_write(1 * MIB, 4096, seq)
+    record.mirrored_upto(record.seq)
+    write(record, 10 * MIB)  # now 16 may go, and its expiry is the earliest
+    assert record.regions() == [0, 48, 144, 160]
+
+
 def test_record_keeps_the_invariant_whatever_the_policy_names() -> None:
     class Greedy(SequentialLru):
         """Names every member, dirty or not, as a victim."""
