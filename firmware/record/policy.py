@@ -257,7 +257,9 @@ class CostAwarePolicy:
         # (expiry, first region, count): regions sharing an expiry; stale entries are
         # skipped by comparing with _expiry.
         self._due: list[tuple[int, int, int]] = []
-        self._ready: list[int] = []  # past their expiry, to shed at the next chance
+        # Past their expiry, to shed at the next chance (an ordered set: a region may
+        # fall due twice before it is looked at).
+        self._ready: dict[int, None] = {}
         # Past their expiry but not yet mirrored: (sequence number of the region's latest
         # write, region), ready once the mirror has passed it.
         self._awaiting_mirror: list[tuple[int, int]] = []
@@ -316,7 +318,7 @@ class CostAwarePolicy:
         for region in regions:  # found at start-up: treat as written once, just now
             self._expiry[region] = 0
         if regions:
-            self._ready.extend(regions)
+            self._ready.update(dict.fromkeys(regions))
 
     def observe(self, offset: int, length: int) -> None:
         self._reconcile()
@@ -405,7 +407,7 @@ class CostAwarePolicy:
         self._rent += self._rent_bytes * (clock - self._rent_clock)
         self._rent_clock = clock
         self._collect_due()
-        self._rent_bytes = len(set(self._ready)) << self._shift  # a region may be listed twice
+        self._rent_bytes = len(self._ready) << self._shift
         if not self._ready or self._rent < cfg.tidy_after_updates * cfg.hold_cost:
             return []
         self._rent, self._rent_bytes = 0.0, 0
@@ -564,7 +566,7 @@ class CostAwarePolicy:
             released = sorted(self._uncovered(level, area, inside))
             guessed.difference_update(released)
             self._expiry.update(dict.fromkeys(released, clock))
-            self._ready.extend(released)
+            self._ready.update(dict.fromkeys(released))
 
     def _follow(self, offset: int, length: int, clock: int) -> _Run | None:
         """Track streams; the stream this write continues (None: not sequential)."""
@@ -604,12 +606,12 @@ class CostAwarePolicy:
             expiry, first, count = heapq.heappop(due)
             for region in range(first, first + count):
                 if expiry_map.get(region) == expiry:
-                    ready.append(region)
+                    ready[region] = None
         awaiting, view = self._awaiting_mirror, self._view
         if awaiting and view is not None:
             mirrored = view.mirrored_seq
             while awaiting and awaiting[0][0] <= mirrored:
-                ready.append(heapq.heappop(awaiting)[1])
+                ready[heapq.heappop(awaiting)[1]] = None
 
     def _take_due(self, view: RecordView, protect: Collection[int]) -> list[int]:
         self._collect_due()
@@ -618,12 +620,13 @@ class CostAwarePolicy:
         expiry_map, offered = self._expiry, self._offered
         clock = self._clock
         contains, evictable = view.contains, view.evictable
-        for region in dict.fromkeys(self._ready):  # a region may have fallen due twice
+        gone: list[int] = []
+        for region in self._ready:
             expiry = expiry_map.get(region)
             if expiry is None or expiry > clock:
                 continue  # written again since it fell due
             if not contains(region):
-                self._forget(region)
+                gone.append(region)  # left the record some other way
             elif region in protect or not evictable(region):
                 written = view.last_write_seq(region)
                 if region not in protect and written > view.mirrored_seq:
@@ -637,7 +640,9 @@ class CostAwarePolicy:
             else:
                 chosen.append(region)
                 offered.append((region, True))
-        self._ready = []
+        self._ready = {}
+        if gone:
+            self._forget_all(gone, [])
         if later:
             # Spread the next look over as many writes as there are regions to look at
             # again, so a mirror that lags costs O(1) per write, not O(backlog).
@@ -702,22 +707,9 @@ class CostAwarePolicy:
         if gone:
             self._forget_all(gone, ghosts)
 
-    def _forget(self, region: int, ghost: bool = False) -> None:
-        """The region leaves the record; a written one is remembered a while as a ghost."""
-        self._expiry.pop(region, None)
-        self._reused.discard(region)
-        self._guessed.discard(region)
-        if region in self._fresh:
-            self._fresh.discard(region)
-        elif ghost:
-            ghosts = self._ghosts
-            ghosts[region] = None
-            if len(ghosts) > self.config.ghost_regions:
-                ghosts.popitem(last=False)
-
     def _forget_all(self, regions: list[int], ghosts: list[int]) -> None:
-        """``_forget`` for many regions at once (a miss may shed thousands); those of
-        ``ghosts`` that the host wrote are remembered as ghosts, in order."""
+        """The regions left the record (a miss may shed thousands); those of ``ghosts``
+        that the host wrote are remembered a while as ghosts, in order."""
         expiry_map = self._expiry
         for region in regions:
             expiry_map.pop(region, None)
