@@ -9,6 +9,7 @@ evict). Policies see the record only through ``RecordView``.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
@@ -200,12 +201,14 @@ class CostAwareConfig:
     max_admit_bytes: int = 64 << 20
     min_area_writes: int = 16
     # A level whose admissions have lately caught fewer host writes than this, per
-    # admission (each holds at least one update's worth), adds no guesses but for one
-    # admission in probe_every (0: never gated). Where guesses do not pay — uniformly
+    # admission (each holds at least one update's worth), adds no guesses (0: never
+    # gated); while it is gated, its admissions are only noted (shadow admissions) and
+    # the writes that land in them are counted as what its guesses would have caught,
+    # so it reopens when they would pay again. Where guesses do not pay — uniformly
     # random writes over a volume many times hold_cost — a 64 MiB admission is
-    # thousands of regions added and shed with every miss, for nothing.
-    min_guess_yield: float = 0.0
-    probe_every: int = 64
+    # thousands of regions added and shed with every miss, for nothing; a probe that
+    # really admitted one now and then cost the same (16 regions per miss at 8 GiB).
+    min_guess_yield: float = 0.25
     # Streams tracked at once, the hole a stream may skip, and how far ahead of its
     # own length a young stream may predict.
     max_streams: int = 32
@@ -215,6 +218,10 @@ class CostAwareConfig:
     # missed region's previous write are guessed with the miss.
     history_writes: int = 65536
     follow_writes: int = 16
+    # Followers are gated as area levels are (min_guess_yield), but a follower guess is
+    # a few regions, so while gated one admission in follower_probe_every is made for
+    # real to see whether they would pay again.
+    follower_probe_every: int = 16
     # Regions shed recently, remembered so that a rewrite of one counts as reuse.
     ghost_regions: int = 65536
     # Spend background updates (tidy) on shedding regions past their time once holding
@@ -240,6 +247,8 @@ class _Run:
 
 
 _RETRY_WRITES = 16  # a region due but still dirty is looked at again this much later
+_DUE_SLACK = 4096  # outdated due entries tolerated beyond twice the live ones
+_PARKED_LOOK = 64  # parked regions looked at per miss, over capacity, when short
 _YIELD_DECAY = 1 - 1 / 64  # per admission: a level's yield is over its last ~64
 _YIELD_EVIDENCE = 16.0  # admissions (decayed) before a level's yield is judged
 _NEVER = 1 << 62  # expiry of guesses that live by their areas, not by a clock
@@ -263,6 +272,11 @@ class CostAwarePolicy:
         # Past their expiry but not yet mirrored: (sequence number of the region's latest
         # write, region), ready once the mirror has passed it.
         self._awaiting_mirror: list[tuple[int, int]] = []
+        # Over capacity, regions that could not leave yet: (sequence number of the
+        # region's latest write, region), back to the due heap once the mirror has
+        # passed it; and where the last look among them for copied ones stopped.
+        self._parked: list[tuple[int, int]] = []
+        self._parked_cursor = 0
         self._fresh: set[int] = set()  # members added by prediction, not written yet
         self._reused: set[int] = set()  # members that were written twice or more
         self._ghosts: OrderedDict[int, None] = OrderedDict()
@@ -281,12 +295,23 @@ class CostAwarePolicy:
         self._admitted: list[dict[int, int]] = []
         self._area_due: list[tuple[int, int, int]] = []
         self._guessed: set[int] = set()  # fresh members that live by their areas
-        # Per area level, decayed counts of the admissions that added guesses and of the
-        # host writes that landed on a guess with that level's area the coarsest around
-        # it; and the admissions a gated level let pass.
+        # Per area level, decayed counts of its admissions (real or, while it is gated,
+        # shadow) and of the host writes they caught: writes that landed on a guess with
+        # that level's area the coarsest around it, or that missed or landed on a finer
+        # level's guess in a live shadow area. Shadow admissions: per level, area ->
+        # clock of its latest write, and (expiry, level, area) entries checked lazily as
+        # for real ones.
         self._level_admissions: list[float] = []
         self._level_hits: list[float] = []
-        self._level_skipped: list[int] = []
+        self._shadow: list[dict[int, int]] = []
+        self._shadow_due: list[tuple[int, int, int]] = []
+        self._area_keeps: list[int] = []  # per level, _area_keep's answer
+        # The same for followers: guesses not written yet, decayed admissions and
+        # catches, and the admissions skipped while gated.
+        self._followed: set[int] = set()
+        self._follower_admissions = 0.0
+        self._follower_hits = 0.0
+        self._follower_skipped = 0
         # The host's recent writes as (first region, count), slot = clock % size (sized
         # in attach); the clock of each region's latest write (as many regions as writes
         # kept); the previous write of the latest write's first region (None: unknown).
@@ -297,6 +322,9 @@ class CostAwarePolicy:
         # at the next call once the record has let them go: it may keep some (it raises
         # RecordFull when the victims do not make room for the write, or the store fails).
         self._offered: list[tuple[int, bool]] = []
+        # The guesses of the miss being admitted: not in the record yet, and not to be
+        # mistaken for guesses it refused earlier (those are forgotten when met).
+        self._predicted: set[int] = set()
 
     # -- RecordPolicy ----------------------------------------------------------------
 
@@ -312,7 +340,9 @@ class CostAwarePolicy:
         self._admitted = [{} for _ in self._area_shifts]
         self._level_admissions = [0.0] * len(self._area_shifts)
         self._level_hits = [0.0] * len(self._area_shifts)
-        self._level_skipped = [0] * len(self._area_shifts)
+        self._shadow = [{} for _ in self._area_shifts]
+        self._area_keeps = [int(self.config.hold_cost / (1 << ashift))
+                            for ashift in self._area_shifts]
         self._history = [(0, 0)] * max(0, self.config.history_writes)
         regions = [region for region, _touched in view.lru()]
         for region in regions:  # found at start-up: treat as written once, just now
@@ -322,17 +352,24 @@ class CostAwarePolicy:
 
     def observe(self, offset: int, length: int) -> None:
         self._reconcile()
+        self._predicted = set()
         self._clock += 1
         clock = self._clock
         end = offset + max(length, 1) - 1
         shift = self._shift
-        if self._guessed and not self._guessed.isdisjoint(range(offset >> shift,
-                                                                 (end >> shift) + 1)):
+        on_guess = bool(self._guessed) and not self._guessed.isdisjoint(
+            range(offset >> shift, (end >> shift) + 1))
+        if on_guess:
             self._credit_hit(offset)
+        if self._followed and not self._followed.isdisjoint(
+                range(offset >> shift, (end >> shift) + 1)):
+            self._follower_hits += 1
         for ashift, admitted in zip(self._area_shifts, self._admitted, strict=True):
             for area in range(offset >> ashift, (end >> ashift) + 1):
                 if area in admitted:
                     admitted[area] = clock
+        if self._shadow_due:
+            self._observe_shadows(offset, end, clock, on_guess)
         run = self._follow(offset, length, clock)
         first, last_region = offset >> shift, end >> shift
         span = range(first, last_region + 1)
@@ -350,19 +387,27 @@ class CostAwarePolicy:
             expiry_reused = clock + max(1, int(keep))
             reused, ghosts, fresh = self._reused, self._ghosts, self._fresh
             view = self._view
+            once = again = False
             for region in span:
                 # Written again while recorded, or soon after it was shed: reuse.
                 if region in reused or region in ghosts or (
                         view is not None and region not in fresh and view.contains(region)):
                     reused.add(region)
                     expiry_map[region] = expiry_reused
+                    again = True
                 else:
                     expiry_map[region] = expiry_once
-            heapq.heappush(due, (expiry_once, first, len(span)))
-            heapq.heappush(due, (expiry_reused, first, len(span)))
+                    once = True
+            if once:
+                heapq.heappush(due, (expiry_once, first, len(span)))
+            if again:
+                heapq.heappush(due, (expiry_reused, first, len(span)))
         self._fresh.difference_update(span)
         self._guessed.difference_update(span)
+        self._followed.difference_update(span)
         self._remember(first, len(span), clock)
+        if len(due) > 2 * len(expiry_map) + _DUE_SLACK:
+            self._compact_due()
 
     def predict(self, view: RecordView, offset: int, length: int) -> list[int]:
         self._reconcile()
@@ -373,7 +418,9 @@ class CostAwarePolicy:
             # The write's own regions are the record's to add; guesses are the rest.
             own = range(offset >> shift, ((offset + max(length, 1) - 1) >> shift) + 1)
             added = self._guess_areas(view, offset, length, own)
-            return added + self._guess_followers(view, set(added).union(own))
+            added += self._guess_followers(view, set(added).union(own))
+            self._predicted = set(added)
+            return added
         ahead = self._ahead(run, clock)
         rate = self._rate(run, clock)
         start = ((offset + length - 1) >> shift) + 1
@@ -386,6 +433,7 @@ class CostAwarePolicy:
                 expiry_map[region] = expiry
             self._fresh.update(added)
             heapq.heappush(self._due, (expiry, start, stop - start))
+        self._predicted = set(added)
         return added
 
     def victims(self, view: RecordView, need: int, protect: set[int]) -> list[int]:
@@ -417,7 +465,7 @@ class CostAwarePolicy:
 
     def _area_keep(self, level: int) -> int:
         """Writes an area of this level is kept after its latest write."""
-        return int(self.config.hold_cost / (1 << self._area_shifts[level]))
+        return self._area_keeps[level]
 
     def _guess_areas(self, view: RecordView, offset: int, length: int,
                      own: range) -> list[int]:
@@ -430,11 +478,12 @@ class CostAwarePolicy:
             if keep < self.config.min_area_writes:
                 continue
             if coarsest is None:
-                if self._gated(level):
-                    continue
-                coarsest = ashift
                 self._level_admissions[level] = self._level_admissions[level] * _YIELD_DECAY + 1
                 self._level_hits[level] *= _YIELD_DECAY
+                if self._gated(level):
+                    self._admit_shadow(level, offset >> ashift, end >> ashift, clock + keep)
+                    continue
+                coarsest = ashift
             admitted = self._admitted[level]
             for area in range(offset >> ashift, (end >> ashift) + 1):
                 if area not in admitted:
@@ -452,15 +501,46 @@ class CostAwarePolicy:
         return added
 
     def _gated(self, level: int) -> bool:
-        """The level has lately caught too few writes per admission to add guesses (but
-        for a probe now and then, so that a change in the host's habits is seen)."""
+        """The level has lately caught too few writes per admission to add guesses."""
         admissions = self._level_admissions[level]
-        cfg = self.config
-        if admissions < _YIELD_EVIDENCE or \
-                self._level_hits[level] >= cfg.min_guess_yield * admissions:
-            return False
-        self._level_skipped[level] += 1
-        return self._level_skipped[level] % cfg.probe_every != 0
+        return admissions >= _YIELD_EVIDENCE and \
+            self._level_hits[level] < self.config.min_guess_yield * admissions
+
+    def _admit_shadow(self, level: int, first: int, last: int, expiry: int) -> None:
+        """Note the areas a gated level would have admitted (no region is added)."""
+        shadow, clock = self._shadow[level], self._clock
+        for area in range(first, last + 1):
+            if area not in shadow:
+                heapq.heappush(self._shadow_due, (expiry, level, area))
+            shadow[area] = clock
+
+    def _observe_shadows(self, offset: int, end: int, clock: int, on_guess: bool) -> None:
+        """Count a write in a live shadow area that misses, or lands on a finer level's
+        guess, as one that level would have caught; let quiet shadow areas go."""
+        due, shadows, keeps = self._shadow_due, self._shadow, self._area_keeps
+        while due and due[0][0] <= clock:
+            _expiry, level, area = heapq.heappop(due)
+            last = shadows[level].get(area)
+            if last is None:
+                continue
+            if last + keeps[level] > clock:
+                heapq.heappush(due, (last + keeps[level], level, area))
+            else:
+                del shadows[level][area]
+        view = self._view
+        caught = on_guess or (view is not None and not view.contains(offset >> self._shift))
+        hits = self._level_hits
+        for level, ashift in enumerate(self._area_shifts):
+            shadow = shadows[level]
+            if not shadow:
+                continue
+            inside = False
+            for area in range(offset >> ashift, (end >> ashift) + 1):
+                if area in shadow:
+                    shadow[area] = clock
+                    inside = True
+            if inside and caught:
+                hits[level] += 1
 
     def _credit_hit(self, offset: int) -> None:
         """A write landed on a guess: credit the coarsest admitted area around it."""
@@ -492,6 +572,11 @@ class CostAwarePolicy:
         size = cfg.history_writes
         if before is None or clock - before >= size or cfg.follow_writes <= 0:
             return []
+        if self._follower_admissions >= _YIELD_EVIDENCE and \
+                self._follower_hits < cfg.min_guess_yield * self._follower_admissions:
+            self._follower_skipped += 1
+            if self._follower_skipped % cfg.follower_probe_every:
+                return []
         region_size = 1 << self._shift
         # A set worth fewer than min_area_writes of holding is not guessed (as areas).
         most = int(cfg.hold_cost / (region_size * cfg.min_area_writes))
@@ -514,6 +599,9 @@ class CostAwarePolicy:
             expiry_map[region] = expiry
             heapq.heappush(due, (expiry, region, 1))
         self._fresh.update(guesses)
+        self._followed.update(guesses)
+        self._follower_admissions = self._follower_admissions * _YIELD_DECAY + 1
+        self._follower_hits *= _YIELD_DECAY
         return guesses
 
     def _uncovered(self, level: int, area: int, regions: set[int]) -> set[int]:
@@ -599,6 +687,14 @@ class CostAwarePolicy:
         return int(min(math.sqrt(2 * self.config.hold_cost * self._rate(run, clock)),
                        self.config.ahead_per_stream_byte * run.bytes))
 
+    def _compact_due(self) -> None:
+        """Rebuild the due heap from the live expiries: a region written on every write
+        leaves an outdated entry each time, and they would stay until their expiry
+        (a million writes away at latency-first)."""
+        self._due = [(expiry, region, 1) for region, expiry in self._expiry.items()
+                     if expiry != _NEVER]
+        heapq.heapify(self._due)
+
     def _collect_due(self) -> None:
         self._collect_quiet_areas()
         clock, due, expiry_map, ready = self._clock, self._due, self._expiry, self._ready
@@ -656,29 +752,58 @@ class CostAwarePolicy:
                        taken: set[int]) -> list[int]:
         """Over capacity: the earliest expiries go first, due or not. Walks the due heap
         from its front (a full record is the appliance's steady state: sorting every
-        expiry on every miss was most of its time on random writes)."""
-        due, expiry_map, offered = self._due, self._expiry, self._offered
-        evictable = view.evictable
+        expiry on every miss was most of its time on random writes). A region met on
+        the way that may not leave yet is parked until the mirror has passed its latest
+        write, not put back at the front: while the mirror catches up by region copies
+        the record is full of such regions, and walking over all of them again on every
+        miss cost milliseconds a write."""
+        due, expiry_map, offered, parked = self._due, self._expiry, self._offered, self._parked
+        mirrored = view.mirrored_seq
+        while parked and parked[0][0] <= mirrored:
+            region = heapq.heappop(parked)[1]
+            expiry = expiry_map.get(region)
+            if expiry is not None:
+                heapq.heappush(due, (expiry, region, 1))
+        contains, evictable = view.contains, view.evictable
         chosen: list[int] = []
         walked: list[tuple[int, int, int]] = []
+        waiting: list[int] = []
+        gone: list[int] = []
         while due and len(chosen) < need:
-            entry = heapq.heappop(due)
-            expiry, first, count = entry
+            expiry, first, count = heapq.heappop(due)
             for region in range(first, first + count):
                 if expiry_map.get(region) != expiry or region in taken:
                     continue  # stale entry, or chosen already
-                if len(chosen) < need and region not in protect and evictable(region):
+                if region in protect or len(chosen) >= need:
+                    walked.append((expiry, region, 1))  # put back
+                elif evictable(region):
                     chosen.append(region)
                     taken.add(region)
                     offered.append((region, False))
+                elif not contains(region):
+                    if region in self._predicted:
+                        walked.append((expiry, region, 1))  # guessed by this very miss
+                    else:
+                        gone.append(region)  # a guess the record did not take, or shed
                 else:
-                    walked.append(entry)  # still names a member: put it back
-                    break
+                    waiting.append(region)
         for entry in walked:
             heapq.heappush(due, entry)
+        if gone:
+            self._forget_all(gone, [])
+        for region in waiting:
+            heapq.heappush(parked, (view.last_write_seq(region), region))
         if len(chosen) < need:
-            # Regions that live by their areas have no due entry: by expiry, as they come.
-            for region, _expiry in sorted(expiry_map.items(), key=lambda item: item[1]):
+            # Guesses that live by their areas have no due entry (never written: all
+            # alike, and all may leave unless a write is landing on one); then parked
+            # regions that a region copy has cleaned since, a few per miss from where
+            # the last look stopped, so that a record full of regions that may not leave
+            # costs each miss a bounded look, not all of it.
+            look = min(len(parked), _PARKED_LOOK + need)
+            start = self._parked_cursor % len(parked) if parked else 0
+            self._parked_cursor = start + look
+            behind = (parked[(start + i) % len(parked)][1] for i in range(look))
+            for region in itertools.chain(self._guessed, behind):
                 if len(chosen) >= need:
                     break
                 if region not in taken and region not in protect and evictable(region):
@@ -715,6 +840,7 @@ class CostAwarePolicy:
             expiry_map.pop(region, None)
         self._reused.difference_update(regions)
         self._guessed.difference_update(regions)
+        self._followed.difference_update(regions)
         fresh = self._fresh
         written = [r for r in ghosts if r not in fresh]
         fresh.difference_update(regions)
@@ -733,19 +859,19 @@ POINTS: dict[str, CostAwareConfig] = {
     # random miss guesses its 64 MiB area for 16 writes after the area's latest write,
     # its 16 MiB area for 64, 4 MiB for 256, 1 MiB for 1024…; regions leave only with
     # a miss's transaction, never by an update of their own. A level that has lately
-    # caught less than a quarter of a write per admission stops guessing (on the
-    # shared traces only MSN's does: its 64 MiB admissions caught 0.21).
+    # caught less than a quarter of a write per admission stops guessing
+    # (min_guess_yield, the same at both points).
     "latency-first": CostAwareConfig(
         hold_cost=float(1 << 30), written_hold_factor=64.0, stream_written_short=False,
-        background_shed=False, min_guess_yield=0.25),
-    # Little resync: a rewritten 32 KiB region stays 1152 writes, a once-written one
-    # 144; guesses in areas of 1 MiB (36 writes) and 256 KiB (144 writes), and what
-    # followed a region last time for 1152 region-writes (at most 72 regions); a tidy
-    # sheds what is due once it has waited 8 updates' worth for a miss. The rate is
-    # the middle (geometric) of the range where, over the shared traces, the point
-    # enters both CloudPhysics bounds at 100 Mbit/s (28 to 47 MiB·writes;
-    # docs/record-policy.md has the sweep).
-    "recovery-first": CostAwareConfig(hold_cost=float(36 << 20)),
+        background_shed=False),
+    # Little resync: a rewritten 32 KiB region stays 1280 writes, a once-written one
+    # 160; guesses in areas of 1 MiB (40 writes) and 256 KiB (160 writes), and what
+    # followed a region last time for 1280 region-writes (at most 80 regions); a tidy
+    # sheds what is due once it has waited 8 updates' worth for a miss. Guesses are
+    # gated as at latency-first. The rate is the middle (geometric) of the range where,
+    # over the shared traces, the point enters both CloudPhysics bounds at 100 Mbit/s
+    # (32 to 49 MiB·writes; docs/record-policy.md has the sweep).
+    "recovery-first": CostAwareConfig(hold_cost=float(40 << 20)),
 }
 DEFAULT_POINT = "recovery-first"
 
