@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from pathlib import Path
 
 from firmware.mirror.mirror import Mirror, MirrorConfig, MirrorState
@@ -66,6 +67,54 @@ def test_overflow_falls_back_to_region_copy_then_returns(tmp_path: Path) -> None
         await mirror.drained()
         assert mirror.state is MirrorState.ORDERED
         assert mirror.copied_bytes > 0
+        assert media_equal(local, second)
+        await mirror.close()
+
+    asyncio.run(main())
+
+
+def test_after_pulling_ahead_only_the_blocks_written_are_copied(tmp_path: Path) -> None:
+    async def main() -> None:
+        volume, mirror, local, second = build(tmp_path, queue_limit=256 * 1024)
+        mirror.start()
+        mirror.pause()
+        rng = random.Random(1)
+        blocks = rng.sample(range(SIZE // 4096), 200)  # scattered 4 KiB writes
+        for block in blocks:
+            await volume.write(block * 4096, os.urandom(4096))
+        assert mirror.state is MirrorState.CATCH_UP and mirror.overflows == 1
+        mirror.resume()
+        await mirror.drained()
+        assert media_equal(local, second)
+        # Whole 64 KiB regions would have been ~13 times as much.
+        assert mirror.resync_sent_bytes <= len(blocks) * 4096
+        await mirror.close()
+
+    asyncio.run(main())
+
+
+def test_block_copies_keep_odd_writes_and_zeroes_while_the_host_keeps_writing(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        volume, mirror, local, second = build(tmp_path, queue_limit=128 * 1024)
+        mirror.start()
+        mirror.pause()
+        rng = random.Random(2)
+
+        async def odd_writes(count: int) -> None:
+            for _ in range(count):
+                offset = rng.randrange(0, SIZE - 70_000) // 512 * 512 + rng.choice((0, 512))
+                if rng.random() < 0.1:
+                    await volume.write_zeroes(offset, rng.randrange(1, 129) * 512)
+                else:
+                    await volume.write(offset, os.urandom(rng.randrange(1, 129) * 512))
+
+        await odd_writes(300)  # sector-sized, unaligned to 4 KiB, across region edges
+        assert mirror.state is MirrorState.CATCH_UP
+        mirror.resume()
+        await odd_writes(300)  # during the passes
+        await mirror.drained()
+        assert mirror.state is MirrorState.ORDERED
         assert media_equal(local, second)
         await mirror.close()
 
