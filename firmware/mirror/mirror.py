@@ -114,7 +114,7 @@ class _Epoch:
     future: asyncio.Future[Any]
     wire_bytes: int  # what it put on the link (fill target, throughput)
     seq: int | None = None  # ordered: every write up to this one
-    payload_bytes: int = 0  # ordered: the writes' bytes
+    payload_bytes: int = 0  # ordered: the writes' bytes; catch-up: the bytes it copies
     oldest: float | None = None  # ordered: when its first write was queued
     regions: list[int] = field(default_factory=list)  # catch-up: these regions...
     upto: int = 0  # ...as of every write up to this one
@@ -313,7 +313,13 @@ class Mirror:
             return (self._queued_bytes + self._batch_bytes
                     + sum(e.payload_bytes for e in self._inflight))
         regions = set(self.record.dirty_regions()) | self._sweep
-        return len(regions) << self.record.region_shift
+        shift = self.record.region_shift
+        written = self._written
+        if written is None:
+            return len(regions) << shift
+        # What the catch-up will copy: the blocks noted for a region, or all of it.
+        noted = {**self._in_copy, **written}
+        return sum(self._copy_bytes(region, noted) for region in regions)
 
     def lag_seconds(self) -> float:
         now = self._clock()
@@ -505,7 +511,7 @@ class Mirror:
                     self._sweep.discard(region)
                 copied = len(epoch.regions) << shift
                 self.copied_bytes += copied
-                self._pass_remaining = max(0, self._pass_remaining - copied)
+                self._pass_remaining = max(0, self._pass_remaining - epoch.payload_bytes)
             progressed = True
         if progressed:
             self._on_progress()
@@ -710,8 +716,8 @@ class Mirror:
             self._resync_marked = True
         checksums = self._checksums_now()
         shift = record.region_shift
-        self._pass_remaining = len(work) << shift
         chunks = self._chunks(work)
+        self._pass_remaining = sum(self._copy_bytes(region) for region in work)
         try:
             for index, chunk in enumerate(chunks):
                 await self._resumed.wait()
@@ -734,8 +740,9 @@ class Mirror:
                 future, sent = run if run is not None else (_done(), len(chunk) << shift)
                 if self._session_changed():
                     raise _NewSession()
+                planned = sum(self._copy_bytes(region, self._in_copy) for region in chunk)
                 self._track(_Epoch(asyncio.wrap_future(future), sent, regions=chunk,
-                                   upto=upto))
+                                   upto=upto, payload_bytes=planned))
             await self._retire_all()
         except _NewSession:
             self._stop_queueing()
@@ -811,17 +818,20 @@ class Mirror:
         if start is not None and prev is not None:
             yield from _clip(start << shift, (prev + 1) << shift, size)
 
+    def _copy_bytes(self, region: int, masks: dict[int, int] | None = None) -> int:
+        """Bytes a catch-up copies of a region: its noted blocks, or all of it."""
+        mask = (self._written or {} if masks is None else masks).get(region)
+        whole = 1 << self.record.region_shift
+        return whole if mask is None else min(whole, mask.bit_count() * WRITTEN_BLOCK)
+
     def _chunks(self, work: list[int]) -> list[list[int]]:
         """The pass's regions in runs of about copy_chunk_bytes to copy each."""
-        shift = self.record.region_shift
-        written = self._written or {}
         chunks: list[list[int]] = []
         chunk: list[int] = []
         size = 0
         for region in work:
-            mask = written.get(region)
             chunk.append(region)
-            size += (1 << shift) if mask is None else mask.bit_count() * WRITTEN_BLOCK
+            size += self._copy_bytes(region)
             if size >= self.config.copy_chunk_bytes:
                 chunks.append(chunk)
                 chunk, size = [], 0

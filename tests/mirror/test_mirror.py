@@ -83,6 +83,9 @@ def test_after_pulling_ahead_only_the_blocks_written_are_copied(tmp_path: Path) 
         for block in blocks:
             await volume.write(block * 4096, os.urandom(4096))
         assert mirror.state is MirrorState.CATCH_UP and mirror.overflows == 1
+        # The lag shown is what is left to copy: the blocks, not their regions.
+        assert 0 < mirror.lag_bytes() <= len(blocks) * 4096
+        assert mirror.resync_remaining_bytes() <= len(blocks) * 4096
         mirror.resume()
         await mirror.drained()
         assert media_equal(local, second)
