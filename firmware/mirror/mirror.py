@@ -716,8 +716,7 @@ class Mirror:
             self._resync_marked = True
         checksums = self._checksums_now()
         shift = record.region_shift
-        chunks = self._chunks(work)
-        self._pass_remaining = sum(self._copy_bytes(region) for region in work)
+        chunks, self._pass_remaining = self._chunks(work)
         try:
             for index, chunk in enumerate(chunks):
                 await self._resumed.wait()
@@ -824,20 +823,22 @@ class Mirror:
         whole = 1 << self.record.region_shift
         return whole if mask is None else min(whole, mask.bit_count() * WRITTEN_BLOCK)
 
-    def _chunks(self, work: list[int]) -> list[list[int]]:
-        """The pass's regions in runs of about copy_chunk_bytes to copy each."""
+    def _chunks(self, work: list[int]) -> tuple[list[list[int]], int]:
+        """The pass's regions in runs of about copy_chunk_bytes to copy each, and the
+        bytes they copy in all."""
         chunks: list[list[int]] = []
         chunk: list[int] = []
-        size = 0
+        size = total = 0
         for region in work:
             chunk.append(region)
             size += self._copy_bytes(region)
             if size >= self.config.copy_chunk_bytes:
                 chunks.append(chunk)
+                total += size
                 chunk, size = [], 0
         if chunk:
             chunks.append(chunk)
-        return chunks
+        return chunks, total + size
 
     def _copy_extents(self, regions: list[int]) -> Iterator[tuple[int, int]]:
         """Byte ranges to copy: the blocks noted for a region, or all of it."""

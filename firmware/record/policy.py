@@ -254,6 +254,16 @@ _YIELD_EVIDENCE = 16.0  # admissions (decayed) before a level's yield is judged
 _NEVER = 1 << 62  # expiry of guesses that live by their areas, not by a clock
 
 
+def _one_more_admission(admissions: float, hits: float) -> tuple[float, float]:
+    """A guesser's decayed counts after one more admission."""
+    return admissions * _YIELD_DECAY + 1, hits * _YIELD_DECAY
+
+
+def _yields_too_little(hits: float, admissions: float, floor: float) -> bool:
+    """Judged (enough admissions seen) and catching fewer writes per admission than floor."""
+    return admissions >= _YIELD_EVIDENCE and hits < floor * admissions
+
+
 class CostAwarePolicy:
     """Prediction and eviction priced by one exchange rate (see CostAwareConfig)."""
 
@@ -357,12 +367,12 @@ class CostAwarePolicy:
         clock = self._clock
         end = offset + max(length, 1) - 1
         shift = self._shift
-        on_guess = bool(self._guessed) and not self._guessed.isdisjoint(
-            range(offset >> shift, (end >> shift) + 1))
+        first, last_region = offset >> shift, end >> shift
+        span = range(first, last_region + 1)
+        on_guess = bool(self._guessed) and not self._guessed.isdisjoint(span)
         if on_guess:
             self._credit_hit(offset)
-        if self._followed and not self._followed.isdisjoint(
-                range(offset >> shift, (end >> shift) + 1)):
+        if self._followed and not self._followed.isdisjoint(span):
             self._follower_hits += 1
         for ashift, admitted in zip(self._area_shifts, self._admitted, strict=True):
             for area in range(offset >> ashift, (end >> ashift) + 1):
@@ -371,8 +381,6 @@ class CostAwarePolicy:
         if self._shadow_due:
             self._observe_shadows(offset, end, clock, on_guess)
         run = self._follow(offset, length, clock)
-        first, last_region = offset >> shift, end >> shift
-        span = range(first, last_region + 1)
         cfg = self.config
         size = 1 << shift
         expiry_map, due = self._expiry, self._due
@@ -478,8 +486,8 @@ class CostAwarePolicy:
             if keep < self.config.min_area_writes:
                 continue
             if coarsest is None:
-                self._level_admissions[level] = self._level_admissions[level] * _YIELD_DECAY + 1
-                self._level_hits[level] *= _YIELD_DECAY
+                self._level_admissions[level], self._level_hits[level] = _one_more_admission(
+                    self._level_admissions[level], self._level_hits[level])
                 if self._gated(level):
                     self._admit_shadow(level, offset >> ashift, end >> ashift, clock + keep)
                     continue
@@ -502,9 +510,8 @@ class CostAwarePolicy:
 
     def _gated(self, level: int) -> bool:
         """The level has lately caught too few writes per admission to add guesses."""
-        admissions = self._level_admissions[level]
-        return admissions >= _YIELD_EVIDENCE and \
-            self._level_hits[level] < self.config.min_guess_yield * admissions
+        return _yields_too_little(self._level_hits[level], self._level_admissions[level],
+                                  self.config.min_guess_yield)
 
     def _admit_shadow(self, level: int, first: int, last: int, expiry: int) -> None:
         """Note the areas a gated level would have admitted (no region is added)."""
@@ -572,8 +579,8 @@ class CostAwarePolicy:
         size = cfg.history_writes
         if before is None or clock - before >= size or cfg.follow_writes <= 0:
             return []
-        if self._follower_admissions >= _YIELD_EVIDENCE and \
-                self._follower_hits < cfg.min_guess_yield * self._follower_admissions:
+        if _yields_too_little(self._follower_hits, self._follower_admissions,
+                              cfg.min_guess_yield):
             self._follower_skipped += 1
             if self._follower_skipped % cfg.follower_probe_every:
                 return []
@@ -600,8 +607,8 @@ class CostAwarePolicy:
             heapq.heappush(due, (expiry, region, 1))
         self._fresh.update(guesses)
         self._followed.update(guesses)
-        self._follower_admissions = self._follower_admissions * _YIELD_DECAY + 1
-        self._follower_hits *= _YIELD_DECAY
+        self._follower_admissions, self._follower_hits = _one_more_admission(
+            self._follower_admissions, self._follower_hits)
         return guesses
 
     def _uncovered(self, level: int, area: int, regions: set[int]) -> set[int]:
