@@ -8,7 +8,8 @@ starting on a GiB boundary after the previous one, unless ``disk`` picks one.
 
 - MSR Cambridge: ``Timestamp,Hostname,DiskNumber,Type,Offset,Size,ResponseTime``,
   Timestamp in Windows FILETIME ticks (100 ns), Type ``Read``/``Write``,
-  Offset and Size in bytes.
+  Offset and Size in bytes. A first line naming these columns (or SPC's) is
+  skipped.
 - SPC (UMass/Storage Performance Council): ``ASU,LBA,Size,Opcode,Timestamp``,
   LBA in 512-byte sectors, Size in bytes, Opcode ``r``/``w``, Timestamp in
   seconds.
@@ -62,7 +63,14 @@ def parse_trace(lines: Iterable[str], fmt: str = "auto", disk: str | None = None
             break
     if not head:
         return TraceWrites(name)
-    if fmt == "auto":
+    named = header_format(head[0])
+    if named is not None:
+        # A column-name line (as the formats' documentation and CSV exports write
+        # them) names the format and is not a record.
+        if fmt == "auto":
+            fmt = named
+        head = []
+    elif fmt == "auto":
         fmt = detect_format(head[0])
     allines = _chain(head, it)
     if fmt == "msr":
@@ -70,6 +78,17 @@ def parse_trace(lines: Iterable[str], fmt: str = "auto", disk: str | None = None
     if fmt == "spc":
         return _lay_out(list(_parse_spc(allines)), disk, name)
     return _lay_out(_parse_blkparse(allines), disk, name)
+
+
+_HEADERS = {
+    ("timestamp", "hostname", "disknumber", "type", "offset", "size", "responsetime"): "msr",
+    ("asu", "lba", "size", "opcode", "timestamp"): "spc",
+}
+
+
+def header_format(line: str) -> str | None:
+    """The format whose column names the line lists (None: not a header line)."""
+    return _HEADERS.get(tuple(f.strip().lower() for f in line.split(",")))
 
 
 def detect_format(line: str) -> str:

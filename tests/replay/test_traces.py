@@ -70,3 +70,14 @@ def test_unknown_format_is_refused() -> None:
         detect_format("hello world")
     with pytest.raises(TraceError):
         parse_trace(["128166372000000000,host,0,Write,notanumber,512,0"], fmt="msr")
+
+
+def test_a_column_name_line_names_the_format_and_is_skipped() -> None:
+    msr = parse_trace(["Timestamp,Hostname,DiskNumber,Type,Offset,Size,ResponseTime",
+                       *MSR.splitlines()])
+    assert msr.offsets == [4096, 12288]
+    spc = parse_trace(["ASU, LBA, Size, Opcode, Timestamp", "0,100,4096,w,0.5"])
+    assert spc.offsets == [100 * 512]
+    assert len(parse_trace(["Timestamp,Hostname,DiskNumber,Type,Offset,Size,ResponseTime"])) == 0
+    with pytest.raises(TraceError):  # a header does not excuse a record in the wrong format
+        parse_trace(["ASU,LBA,Size,Opcode,Timestamp", MSR.splitlines()[0]])
