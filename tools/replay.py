@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -100,11 +102,9 @@ def run(args: argparse.Namespace) -> int:
     # Per operating point, its settings with hold_cost swept.
     frontiers: dict[str, list[Result]] = {}
     if args.plot:
-        for point in points:
-            frontiers[point] = [
-                replay(trace, tandem_model(trace, args, point, h), args.link_mbps)
-                for h in FRONTIER_HOLD_COSTS]
-            add_excess(frontiers[point], _lower_bound(rows))
+        frontiers = sweep(trace, args, points, args.jobs)
+        for frontier in frontiers.values():
+            add_excess(frontier, _lower_bound(rows))
         plot(Path(args.plot), trace.name, args.link_mbps, rows, frontiers)
     if args.json:
         top = rows[0].as_dict()
@@ -183,6 +183,26 @@ def format_table(rows: list[Result]) -> str:
     return "\n".join(out)
 
 
+def sweep(trace: TraceWrites, args: argparse.Namespace, points: list[str],
+          jobs: int) -> dict[str, list[Result]]:
+    """Per point, its replays with hold_cost swept over FRONTIER_HOLD_COSTS, ``jobs`` at
+    once (the settings are independent; the coarse end of the sweep guesses large areas
+    and takes most of the time)."""
+    settings = [(trace, args, point, h) for point in points for h in FRONTIER_HOLD_COSTS]
+    if jobs <= 1:
+        results = [_replay_setting(setting) for setting in settings]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(_replay_setting, settings))
+    n = len(FRONTIER_HOLD_COSTS)
+    return {point: results[i * n:(i + 1) * n] for i, point in enumerate(points)}
+
+
+def _replay_setting(setting: tuple[TraceWrites, argparse.Namespace, str, float]) -> Result:
+    trace, args, point, hold_cost = setting
+    return replay(trace, tandem_model(trace, args, point, hold_cost), args.link_mbps)
+
+
 def plot(path: Path, title: str, link_mbps: float, rows: list[Result],
          frontiers: dict[str, list[Result]]) -> None:
     """The (updates, resync) plane: each point's frontier over hold_cost, rows as points."""
@@ -254,4 +274,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.add_argument("--plot", metavar="FILE.png",
                    help="draw the (updates, resync) plane (implies --baselines; matplotlib)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="replays of the plot's sweep run at once (default: one per CPU)")
     p.set_defaults(func=run)

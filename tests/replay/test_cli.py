@@ -68,6 +68,18 @@ def test_plot(trace, tmp_path, capsys) -> None:
     assert len(json.loads(capsys.readouterr().out)["frontier"]) >= 5
 
 
+def test_the_plot_sweep_is_the_same_run_at_once_or_one_by_one(trace, tmp_path,
+                                                               capsys) -> None:
+    pytest.importorskip("matplotlib")
+    frontiers = []
+    for jobs in ("1", "2"):
+        assert main(["replay", str(trace), "--plot", str(tmp_path / f"{jobs}.png"), "--json",
+                     "--point", "all", "--region-size", "256K", "--jobs", jobs]) == 0
+        frontiers.append(json.loads(capsys.readouterr().out)["frontiers"])
+    assert frontiers[0] == frontiers[1]
+    assert set(frontiers[0]) == {"latency-first", "recovery-first"}
+
+
 def test_bad_trace(tmp_path, capsys) -> None:
     path = tmp_path / "junk.txt"
     path.write_text("this is not a trace\n")
