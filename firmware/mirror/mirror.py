@@ -56,7 +56,7 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -802,24 +802,30 @@ class Mirror:
         self._handover = isinstance(self.second, LinkedMedium)
         self._on_progress()
 
-    def _extents(self, regions: list[int]) -> Iterator[tuple[int, int]]:
-        """Byte ranges of runs of consecutive regions, within both media."""
+    def _extents(self, regions: list[int], masks: dict[int, int] | None = None
+                 ) -> Iterator[tuple[int, int]]:
+        """Byte ranges of runs of consecutive regions, within both media; of a region
+        that ``masks`` has, only the runs of its noted blocks."""
         shift = self.record.region_shift
+        whole = 1 << shift
         size = min(self.local.size, self.second.size)
-        start = prev = None
+        start = end = 0
         for region in regions:
-            if prev is not None and region == prev + 1:
-                prev = region
-                continue
-            if start is not None and prev is not None:
-                yield from _clip(start << shift, (prev + 1) << shift, size)
-            start = prev = region
-        if start is not None and prev is not None:
-            yield from _clip(start << shift, (prev + 1) << shift, size)
+            base = region << shift
+            mask = masks.get(region) if masks else None
+            runs: Iterable[tuple[int, int]] = ((base, base + whole),) if mask is None \
+                else _block_runs(base, mask)
+            for run_start, run_end in runs:
+                if run_start == end:
+                    end = run_end
+                    continue
+                yield from _clip(start, end, size)
+                start, end = run_start, run_end
+        yield from _clip(start, end, size)
 
-    def _copy_bytes(self, region: int, masks: dict[int, int] | None = None) -> int:
+    def _copy_bytes(self, region: int, masks: dict[int, int]) -> int:
         """Bytes a catch-up copies of a region: its noted blocks, or all of it."""
-        mask = (self._written or {} if masks is None else masks).get(region)
+        mask = masks.get(region)
         whole = 1 << self.record.region_shift
         return whole if mask is None else min(whole, mask.bit_count() * WRITTEN_BLOCK)
 
@@ -829,9 +835,10 @@ class Mirror:
         chunks: list[list[int]] = []
         chunk: list[int] = []
         size = total = 0
+        masks = self._written or {}
         for region in work:
             chunk.append(region)
-            size += self._copy_bytes(region)
+            size += self._copy_bytes(region, masks)
             if size >= self.config.copy_chunk_bytes:
                 chunks.append(chunk)
                 total += size
@@ -839,30 +846,6 @@ class Mirror:
         if chunk:
             chunks.append(chunk)
         return chunks, total + size
-
-    def _copy_extents(self, regions: list[int]) -> Iterator[tuple[int, int]]:
-        """Byte ranges to copy: the blocks noted for a region, or all of it."""
-        in_copy = self._in_copy
-        if not in_copy:
-            yield from self._extents(regions)
-            return
-        shift = self.record.region_shift
-        size = min(self.local.size, self.second.size)
-        start = end = 0
-        for region in regions:
-            base = region << shift
-            mask = in_copy.get(region)
-            if mask is None:
-                runs: Iterator[tuple[int, int]] = iter(((base, base + (1 << shift)),))
-            else:
-                runs = _block_runs(base, mask)
-            for run_start, run_end in runs:
-                if run_start == end:
-                    end = run_end
-                    continue
-                yield from _clip(start, end, size)
-                start, end = run_start, run_end
-        yield from _clip(start, end, size)
 
     def _copy_regions(self, regions: list[int], checksums: bool = False,
                       following: list[int] | None = None
@@ -877,7 +860,7 @@ class Mirror:
         if following:
             self._prefetch_digests(following)
         sent = 0
-        for offset, length in self._copy_extents(regions):
+        for offset, length in self._extents(regions, self._in_copy):
             data = self.local.pread(offset, length)
             if checksums:
                 theirs = self._remote_digests(offset, length)
