@@ -10,12 +10,15 @@ under "rows".
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from firmware.record.baselines import all_baselines
 from firmware.record.layout import Geometry
@@ -36,6 +39,8 @@ from firmware.record.sim import (
     smallest_region,
 )
 from firmware.record.traces import FORMATS, TraceError, read_trace
+
+T = TypeVar("T")
 
 # hold_cost values swept for the frontier of --plot (bytes x writes per update).
 FRONTIER_HOLD_COSTS = tuple(float(1 << shift) for shift in range(21, 40, 2))
@@ -188,18 +193,23 @@ def sweep(trace: TraceWrites, args: argparse.Namespace, points: list[str],
     """Per point, its replays with hold_cost swept over FRONTIER_HOLD_COSTS, ``jobs`` at
     once (the settings are independent; the coarse end of the sweep guesses large areas
     and takes most of the time)."""
-    settings = [(trace, args, point, h) for point in points for h in FRONTIER_HOLD_COSTS]
-    if jobs <= 1:
-        results = [_replay_setting(setting) for setting in settings]
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(_replay_setting, settings))
+    settings = [(point, h) for point in points for h in FRONTIER_HOLD_COSTS]
+    results = map_jobs(_replay_setting, jobs, itertools.repeat(trace), itertools.repeat(args),
+                       [point for point, _h in settings], [h for _point, h in settings])
     n = len(FRONTIER_HOLD_COSTS)
     return {point: results[i * n:(i + 1) * n] for i, point in enumerate(points)}
 
 
-def _replay_setting(setting: tuple[TraceWrites, argparse.Namespace, str, float]) -> Result:
-    trace, args, point, hold_cost = setting
+def map_jobs(func: Callable[..., T], jobs: int, *iterables: Iterable[Any]) -> list[T]:
+    """``list(map(func, *iterables))``, ``jobs`` processes at once (1: in this one)."""
+    if jobs <= 1:
+        return list(map(func, *iterables))
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(func, *iterables))
+
+
+def _replay_setting(trace: TraceWrites, args: argparse.Namespace, point: str,
+                    hold_cost: float) -> Result:
     return replay(trace, tandem_model(trace, args, point, hold_cost), args.link_mbps)
 
 

@@ -16,10 +16,10 @@ in the docs are the code's; ``--json`` prints everything as one object.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from firmware.record.policy import POINTS
 from firmware.record.record import QUIET_EVICT_S
 from firmware.record.sim import Model, Result, replay
 from firmware.record.traces import TraceError, read_trace
-from tools.replay import add_excess, bounds, format_table, tandem_model
+from tools.replay import add_excess, bounds, format_table, map_jobs, tandem_model
 
 BEGIN_MARK = "<!-- replay-report: begin (made by `tandem replay-report`; do not edit) -->"
 END_MARK = "<!-- replay-report: end -->"
@@ -156,11 +156,8 @@ def replace_marked(text: str, block: str) -> str:
 def run_all(paths: list[Path], links: list[float], options: argparse.Namespace,
             jobs: int) -> list[Run]:
     work = [(path, link) for path in paths for link in links]
-    if jobs <= 1:
-        return [run_one(path, link, options) for path, link in work]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_one, path, link, options) for path, link in work]
-        return [future.result() for future in futures]
+    return map_jobs(run_one, jobs, [path for path, _link in work],
+                    [link for _path, link in work], itertools.repeat(options))
 
 
 def _links(text: str) -> list[float]:
