@@ -25,6 +25,7 @@ from typing import Any
 
 from board import load_profile
 from firmware.mirror.mirror import Mirror, MirrorConfig
+from firmware.parsing import parse_host_port, parse_size
 from firmware.record.layout import Geometry, LayoutError, new_volume_uuid
 from firmware.record.policy import POINTS, RecordPolicy, SequentialLru, make_policy
 from firmware.record.record import QUIET_EVICT_S, Record
@@ -36,25 +37,6 @@ from hal.media.file import open_medium
 from hal.nvram import open_nvram
 
 log = logging.getLogger("tandem")
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str | int) -> int:
-    """'64K', '1G', '1.5G', '4096' → bytes (binary units)."""
-    if isinstance(text, int):
-        return text
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = value[-1:] if value[-1:] in _UNITS and value[-1:] else ""
-    number = value[:-1] if unit else value
-    try:
-        size = int(float(number) * _UNITS[unit])
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64K, 256M, 1G)") from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
-    return size
-
 
 @dataclass
 class Settings:
@@ -238,8 +220,7 @@ class Appliance:
             tcp_text = spec.get("tcp", "")
         tcp = None
         if tcp_text and tcp_text != "off":
-            host, _, port = tcp_text.rpartition(":")
-            tcp = (host or "127.0.0.1", int(port))
+            tcp = parse_host_port(tcp_text, default_host="127.0.0.1")
         pty = spec.get("pty", False) if self.settings.console_pty is None \
             else self.settings.console_pty
         from firmware.mirror.commands import register_mirror_commands
@@ -380,7 +361,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--region-size", type=parse_size, help="record region size (default 64K)")
     p.add_argument("--resync-budget", type=parse_size,
                    help="most bytes the record may name while the mirror is healthy")
-    p.add_argument("--nbd", default="127.0.0.1:10809", help="NBD listen address HOST:PORT")
+    p.add_argument("--nbd", default=("127.0.0.1", 10809), metavar="HOST:PORT",
+                   type=lambda text: parse_host_port(text, default_host="127.0.0.1"),
+                   help="NBD listen address")
     p.add_argument("--export", default="tandem", help="NBD export name")
     p.add_argument("--console-tcp", default=None,
                    help="console TCP address HOST:PORT, or 'off' (default: the board's)")
@@ -421,11 +404,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    host, _, port = args.nbd.rpartition(":")
+    nbd_host, nbd_port = args.nbd
     settings = Settings(
         board=args.board, data_dir=args.data_dir, size=args.size,
         region_size=args.region_size, resync_budget=args.resync_budget,
-        nbd_host=host or "127.0.0.1", nbd_port=int(port), export=args.export,
+        nbd_host=nbd_host, nbd_port=nbd_port, export=args.export,
         console_tcp=args.console_tcp, console_pty=False if args.no_console_pty else None,
         mirror_queue=args.mirror_queue,
         idle_evict_s=None if args.idle_evict < 0 else args.idle_evict, point=args.point,

@@ -350,7 +350,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from firmware.app import parse_size
+    from firmware.parsing import parse_size
 
     p = subparsers.add_parser(
         "bench-link", help="link utilisation under a backlog, resync with and without checksums",

@@ -559,7 +559,7 @@ def file_system_of(path: Path) -> str:
 # --- the subcommand -----------------------------------------------------------------------------
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from firmware.app import parse_size
+    from firmware.parsing import parse_size
 
     parser = subparsers.add_parser(
         "bench", help="fio over NBD: Tandem (mirroring on) against nbdkit or qemu-nbd",

@@ -68,6 +68,7 @@ from typing import Any
 import firmware.app as app_module
 from firmware.app import Appliance, Settings
 from firmware.mirror.mirror import Mirror, MirrorConfig, MirrorState
+from firmware.parsing import parse_size
 from firmware.record.policy import POINTS
 from firmware.volume.target import TargetError
 from firmware.volume.volume import Volume
@@ -919,9 +920,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None,
                    help="random seed (default: random, printed); a seed replays a run exactly")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--size", type=app_module.parse_size, default=8 * MiB,
+    p.add_argument("--size", type=parse_size, default=8 * MiB,
                    help="volume size (default 8M)")
-    p.add_argument("--region-size", type=app_module.parse_size, default=64 << 10,
+    p.add_argument("--region-size", type=parse_size, default=64 << 10,
                    help="record region size (default 64K)")
     p.add_argument("--record-regions", type=int, default=16,
                    help="record capacity in regions (default 16)")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from firmware.frontends.tcmu.lio import LioSettings, parse_portal
+from firmware.frontends.tcmu.lio import LioSettings
 from firmware.frontends.tcmu.service import find_disk_by_serial
 from firmware.frontends.tcmu.uio import UioName, find_uio
+from firmware.parsing import parse_host_port as parse_portal
 from tools import rig
 
 

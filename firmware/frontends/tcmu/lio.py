@@ -72,13 +72,6 @@ class LioSettings:
         return f"naa.5001405{digest}"
 
 
-def parse_portal(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"portal {text!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 class LioExport:
     """The configfs objects of one exported volume."""
 

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firmware.frontends.tcmu.handler import TcmuHandler
-from firmware.frontends.tcmu.lio import Chap, LioExport, LioSettings, parse_portal
+from firmware.frontends.tcmu.lio import Chap, LioExport, LioSettings
 from firmware.frontends.tcmu.scsi import DiskIdentity, ScsiDisk
 from firmware.frontends.tcmu.uio import UioDevice, find_uio
+from firmware.parsing import parse_host_port, parse_size
 from firmware.volume.target import BlockTarget, TargetError
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ async def start_tcmu_frontend(target: BlockTarget, name: str, *, tcm_loop: bool,
         name=name, volume=volume or name, size=target.size, serial=serial,
         block_size=target.logical_block_size, hw_max_sectors=max_transfer_blocks,
         max_data_area_mb=max_data_area_mb, tcm_loop=tcm_loop,
-        iscsi_portal=parse_portal(iscsi_portal) if iscsi_portal else None,
+        iscsi_portal=parse_host_port(iscsi_portal) if iscsi_portal else None,
         iscsi_iqn=iscsi_iqn, iscsi_initiators=tuple(iscsi_initiators), chap=chap)
     export = await asyncio.to_thread(LioExport, settings)
     adopted = await asyncio.to_thread(export.ensure_storage_object)
@@ -239,16 +240,8 @@ class FileTarget:
         os.close(self._fd)
 
 
-def _parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    if text[-1:] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
 async def _serve(args: argparse.Namespace) -> int:
-    target = FileTarget(Path(args.image), _parse_size(args.size))
+    target = FileTarget(Path(args.image), parse_size(args.size))
     chap = Chap(args.chap_user, args.chap_password) if args.chap_user else None
     frontend = await start_tcmu_frontend(
         target, args.name, tcm_loop=args.tcm_loop, iscsi_portal=args.iscsi_portal,

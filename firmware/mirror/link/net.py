@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import socket
 import ssl
@@ -20,15 +19,6 @@ def set_keepalive(writer: asyncio.StreamWriter) -> None:
     for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, option):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
-
-
-def parse_host_port(text: str) -> tuple[str, int]:
-    """HOST:PORT or [IPv6]:PORT; port 0 picks a free one (listening side)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host or "0.0.0.0", int(port)
 
 
 def server_tls_context(cert: str, key: str | None = None) -> ssl.SSLContext:

@@ -38,8 +38,9 @@ from firmware.mirror.link.frames import (
 )
 from firmware.mirror.link.generations import StateFile, SyncState
 from firmware.mirror.link.journal import EpochJournal
-from firmware.mirror.link.net import parse_host_port, server_tls_context, set_keepalive
+from firmware.mirror.link.net import server_tls_context, set_keepalive
 from firmware.mirror.link.replica import Replica, StaleSession
+from firmware.parsing import parse_host_port, parse_size
 from hal.media.base import MediumError
 from hal.media.file import FileMedium
 
@@ -248,15 +249,6 @@ async def _run_hook(command: str, medium: str) -> int:
 
 
 # --- command line ------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "")
-    if not number.isdigit():
-        raise argparse.ArgumentTypeError(f"bad size {text!r}")
-    return int(number) * units[unit]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -710,7 +710,8 @@ def open_remote(remote: str, *, size: int, key_file: str | None = None,
                 raise
             log.warning("%s; the mirror will keep trying", exc)
         return medium
-    from firmware.mirror.link.net import client_tls_context, parse_host_port
+    from firmware.mirror.link.net import client_tls_context
+    from firmware.parsing import parse_host_port
 
     if not key_file:
         raise ValueError("--remote HOST:PORT needs --key-file")
