@@ -34,6 +34,7 @@ from firmware.volume.group_commit import GroupCommitStore
 from firmware.volume.volume import Volume
 from hal.media.base import Medium
 from hal.media.file import open_medium
+from hal.media.sticky import StickyFailureMedium
 from hal.nvram import open_nvram
 
 log = logging.getLogger("tandem")
@@ -191,10 +192,13 @@ class Appliance:
 
         if self.startup is None:
             self.open_storage()
-        self.mirror = Mirror(self.local, self.second, self.record,
+        # The volume and the mirror share one view of the local medium, so that a flush
+        # error either of them meets fails every later write and flush of both.
+        self.local_io = StickyFailureMedium(self.local)
+        self.mirror = Mirror(self.local_io, self.second, self.record,
                              MirrorConfig(queue_limit_bytes=self.settings.mirror_queue),
                              on_progress=lambda: self.volume.room_made())
-        self.volume = Volume(self.local, self.record, self.mirror,
+        self.volume = Volume(self.local_io, self.record, self.mirror,
                              read_only=self.settings.read_only, commits=self.commits)
         self.commits.start()
         self.mirror.start()
@@ -256,7 +260,7 @@ class Appliance:
             task.cancel()
         await self.mirror.close()
         with contextlib.suppress(OSError):
-            self.local.flush()
+            self.local_io.flush()  # a failed medium raises: then nothing is evicted
             self.record.evict_clean()  # what is mirrored needs no resync at next start
         await self.commits.close()
         self.local.close()
@@ -295,6 +299,8 @@ class Appliance:
         out["nbd_connections"] = self.nbd_server.connections if self.nbd_server else 0
         out["nvram_error"] = self.volume.nvram_error
         out["local_errors"] = self.volume.local_errors
+        failure = self.local_io.failure
+        out["local_medium_error"] = None if failure is None else failure.strerror
         if self.startup:
             out["startup"] = self.startup.reason
         return out

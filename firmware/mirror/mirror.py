@@ -63,6 +63,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from firmware.record.record import Record, RecordFull
 from hal.media.base import Medium
+from hal.media.sticky import MediumFailed
 
 log = logging.getLogger("tandem.mirror")
 
@@ -455,7 +456,9 @@ class Mirror:
             self._idle.set()
 
     def _fail(self, exc: OSError) -> None:
-        message = f"second medium {self.second.name}: {exc}"
+        # A failed local medium (its flush failed under the mirror's copy) says so itself.
+        message = str(exc.strerror) if isinstance(exc, MediumFailed) \
+            else f"second medium {self.second.name}: {exc}"
         if message != self.last_error:
             log.error("mirror degraded: %s; regions stay in the record", message)
         self.last_error = message

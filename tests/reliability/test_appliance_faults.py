@@ -137,11 +137,6 @@ def test_local_write_error_reaches_the_host_and_nothing_unstored_is_acked(applia
     with pytest.raises(nbd.Error) as failed:
         host.pwrite(b"B" * 8192, 5 * REGION)
     assert errno_of(failed.value) == errno.EIO
-    # A FUA write whose flush fails is not acknowledged either.
-    appliance.local.inject("flush", errno.EIO)  # (the mirror's flushes fail too meanwhile)
-    with pytest.raises(nbd.Error) as fua_failed:
-        host.pwrite(b"C" * 4096, 9 * REGION, nbd.CMD_FLAG_FUA)
-    assert errno_of(fua_failed.value) == errno.EIO
     appliance.local.clear()
     # What was acknowledged reads back; the host and the appliance both go on.
     assert host.pread(4096, 0) == b"A" * 4096
@@ -149,10 +144,42 @@ def test_local_write_error_reaches_the_host_and_nothing_unstored_is_acked(applia
     host.flush()
     assert host.pread(4096, 5 * REGION) == b"D" * 4096
     status = appliance.status()
-    assert status["local_errors"] == 2
+    assert status["local_errors"] == 1
+    assert status["local_medium_error"] is None
     appliance.wait_for("mirrored", lambda s: s["mirror_state"] == "ordered"
                        and s["mirror_lag_bytes"] == 0)
     assert appliance.media_equal()
+
+
+def test_a_local_flush_error_the_mirror_takes_fails_every_later_flush_and_write(
+        appliance, host):
+    host.pwrite(b"A" * 4096, 0)
+    host.flush()
+    appliance.wait_for("mirrored", lambda s: s["mirror_lag_bytes"] == 0)
+    # One failed fdatasync, as Linux reports a writeback error: to one caller only. The
+    # host does not flush, the mirror's next run does, so the mirror meets it.
+    fault = appliance.local.inject("flush", errno.EIO, times=1)
+    host.pwrite(b"B" * 4096, REGION)
+    status = appliance.wait_for("local medium failed",
+                                lambda s: s["local_medium_error"] is not None)
+    assert fault.hits == 1 and fault.exhausted
+    assert "local medium" in status["local_medium_error"]
+    assert status["mirror_error"].startswith("local medium")
+    assert "second medium" not in status["mirror_error"]
+    # The medium answers flushes again, but what it lost is not back: every later FLUSH,
+    # FUA write and write is refused, not acknowledged.
+    with pytest.raises(nbd.Error) as flush_failed:
+        host.flush()
+    assert errno_of(flush_failed.value) == errno.EIO
+    with pytest.raises(nbd.Error) as write_failed:
+        host.pwrite(b"C" * 4096, 2 * REGION)
+    assert errno_of(write_failed.value) == errno.EIO
+    with pytest.raises(nbd.Error):
+        host.pwrite(b"C" * 4096, 3 * REGION, nbd.CMD_FLAG_FUA)
+    with pytest.raises(nbd.Error):
+        host.flush()
+    assert host.pread(4096, 0) == b"A" * 4096  # reads still work
+    assert "local medium" in appliance.console("status")
 
 
 @pytest.mark.parametrize("how", ["eio", "full", "vanished"])

@@ -189,3 +189,23 @@ def test_full_and_vanished_media() -> None:
 def test_unknown_operation_is_refused() -> None:
     with pytest.raises(ValueError):
         FaultyMedium(MemoryMedium(SIZE)).inject("erase")
+
+
+def test_a_failed_flush_stays_failed_but_a_vanished_device_does_not_latch():
+    from hal.media.sticky import MediumFailed, StickyFailureMedium
+
+    inner = FaultyMedium(MemoryMedium(1 << 20, "disk"))
+    disk = StickyFailureMedium(inner)
+    inner.vanish()
+    with pytest.raises(OSError) as gone:
+        disk.flush()
+    assert gone.value.errno == errno.ENODEV and disk.failure is None
+    inner.reappear()
+    disk.pwrite(0, b"x" * 512)
+    inner.inject("flush", errno.EIO, times=1)
+    with pytest.raises(MediumFailed):
+        disk.flush()
+    for later in (disk.flush, lambda: disk.pwrite(0, b"y"), lambda: disk.write_zeroes(0, 8)):
+        with pytest.raises(MediumFailed, match="local medium disk: flush failed"):
+            later()
+    assert disk.pread(0, 1) == b"x"
