@@ -26,11 +26,11 @@ from typing import Any
 from board import load_profile
 from firmware.mirror.mirror import Mirror, MirrorConfig
 from firmware.parsing import parse_host_port, parse_size
+from firmware.record.group_commit import GroupCommitStore
 from firmware.record.layout import Geometry, LayoutError, new_volume_uuid
 from firmware.record.policy import POINTS, RecordPolicy, SequentialLru, make_policy
 from firmware.record.record import QUIET_EVICT_S, Record
 from firmware.record.store import NvramRecordStore
-from firmware.volume.group_commit import GroupCommitStore
 from firmware.volume.volume import Volume
 from hal.media.base import Medium
 from hal.media.file import open_medium
@@ -134,11 +134,9 @@ class Appliance:
             policy.config.idle_evict_s = s.idle_evict_s
         else:
             policy = make_policy(s.point)
-        nvram_spec = self.profile["nvram"]
-        # A worker thread only pays off where an NVRAM write waits on a host disk.
-        slow_nvram = nvram_spec.get("kind") == "file" and nvram_spec.get("sync", True) \
-            in (True, False)
-        self.commits = GroupCommitStore(self.store, inline=not slow_nvram)
+        # A worker thread only pays off where an NVRAM write waits on a host disk: the
+        # driver says whether it does.
+        self.commits = GroupCommitStore(self.store, inline=not self.nvram.slow_writes)
         self.record = Record(geometry, self.commits, capacity_regions=max(1, budget // region_size),
                              policy=policy, initial_regions=regions, now=time.monotonic(),
                              quiet_evict_s=s.quiet_evict_s)
@@ -199,7 +197,7 @@ class Appliance:
                              MirrorConfig(queue_limit_bytes=self.settings.mirror_queue),
                              on_progress=lambda: self.volume.room_made())
         self.volume = Volume(self.local_io, self.record, self.mirror,
-                             read_only=self.settings.read_only, commits=self.commits)
+                             read_only=self.settings.read_only)
         self.commits.start()
         self.mirror.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._tidy(), name="tidy"))

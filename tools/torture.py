@@ -572,7 +572,7 @@ class Torture:
             commits._executor.shutdown(wait=False)
             commits._executor = StepExecutor(self.step_rng)
             commits.start()
-        volume = Volume(local, app.record, mirror, clock=lambda: self.now, commits=commits)
+        volume = Volume(local, app.record, mirror, clock=lambda: self.now)
         volume_ref.append(volume)
         run = _Run(app, rail, local, second, mirror, volume, phase)
         rail.when_cut(run.cut_seen.set)

@@ -946,7 +946,7 @@ class Mirror:
                     confirmed = [r for r in differing
                                  if record.is_clean(r) and r not in self._sweep]
                     for region in confirmed:
-                        self._recopy(region)
+                        await self._recopy(region)
                     report.differing += confirmed
                     report.compared_bytes += len(clean) << shift
                 report.checked_bytes = min(report.total_bytes, chunk.stop << shift)
@@ -976,18 +976,24 @@ class Mirror:
                 differing += range((offset + start) >> shift, ((offset + end - 1) >> shift) + 1)
         return sorted(set(differing))
 
-    def _recopy(self, region: int) -> None:
-        """Put a region back in the record (persisted, as a host write would) to copy it."""
+    async def _recopy(self, region: int) -> None:
+        """Put a region back in the record (persisted, as a host write would) to copy it.
+
+        Durable before the copy: a power cut after it must still find the region named.
+        """
         record = self.record
         shift = record.region_shift
         offset = region << shift
         length = min(1 << shift, record.geometry.volume_size - offset)
         try:
-            seq = record.begin_write(offset, length, self._clock())
+            ticket = record.begin_write(offset, length, self._clock())
         except RecordFull:
             self._sweep.add(region)  # no room now: copy it without naming it
         else:
-            record.end_write(offset, length, seq)
+            try:
+                await record.durable(ticket)
+            finally:
+                record.end_write(ticket)
         self.force_region_copy()
 
 

@@ -2,15 +2,22 @@
 
 Verbs, in the spirit of Linux's dm-dirty-log:
 
-- ``begin_write`` / ``end_write`` — mark the regions of a host write (on a miss,
-  add them and the predicted ones and persist that in one transaction *before*
-  returning, so the caller may then issue the media write);
+- ``begin_write`` / ``durable`` / ``end_write`` — the write-ahead of one host
+  write, in three steps on one object (DRBD's prepare / commit / complete):
+  ``ticket = begin_write(...)`` marks the write's regions (on a miss, adds them
+  and the predicted ones in one store transaction); ``await durable(ticket)``
+  returns once every region the write touches is durable in the store (the
+  transaction it started, or an earlier one still on its way that added a region
+  it hits); only then may the caller write the medium; ``end_write(ticket)``
+  once the medium has it. The store decides how a change becomes durable
+  (inline, group commit on a worker, a peer's acknowledgement): see store.py;
 - ``mirrored_upto`` / ``mirrored_region`` — the second medium durably holds every
   write up to a sequence number (ordered mirror), or a region as of one (copy);
 - ``is_clean`` / ``dirty_regions`` — what the mirror still has to copy;
 - ``tidy`` — evict clean regions in the background: those the policy names, and
   every one once the host has written nothing for ``quiet_evict_s``;
-- ``flush`` — make sure earlier transactions are durable.
+- ``flush`` — make sure earlier transactions are durable (async: it waits for the
+  store).
 
 A region leaves the record only when it is mirrored and no write to it is in
 flight; that and the write-ahead order keep ARCHITECTURE.md's invariant.
@@ -34,6 +41,18 @@ QUIET_EVICT_S = 30.0
 
 class RecordFull(Exception):
     """No room for the write's regions until the mirror cleans some: wait and retry."""
+
+
+@dataclass(slots=True)
+class WriteTicket:
+    """One host write between ``begin_write`` and ``end_write``."""
+
+    seq: int  # the write's sequence number (the mirror's order)
+    offset: int
+    length: int
+    # The store transaction that must be durable before the data is written (0: none).
+    transaction: int
+    ended: bool = False
 
 
 @dataclass
@@ -154,11 +173,12 @@ class Record:
 
     # -- the write path ------------------------------------------------------------
 
-    def begin_write(self, offset: int, length: int, now: float) -> int:
-        """Mark a write's regions; persist on a miss. Returns the write's sequence number.
+    def begin_write(self, offset: int, length: int, now: float) -> WriteTicket:
+        """Mark a write's regions; on a miss, commit them (and the predicted ones).
 
-        Raises RecordFull (nothing changed) when the regions do not fit yet, and
-        whatever the store raises when NVRAM fails (nothing changed in RAM either).
+        The data may be written once ``durable(ticket)`` has returned. Raises
+        RecordFull (nothing changed) when the regions do not fit yet, and whatever
+        the store raises when NVRAM fails (nothing changed in RAM either).
         """
         span = self.span(offset, length)
         members = self._members
@@ -178,14 +198,33 @@ class Record:
         if not missing:
             self.counters.hits += 1
         self._inflight_seqs[seq] = None
-        return seq
+        return WriteTicket(seq, offset, length, self.store.must_wait(span))
 
-    def end_write(self, offset: int, length: int, seq: int) -> None:
-        for region in self.span(offset, length):
+    async def durable(self, ticket: WriteTicket) -> None:
+        """Return once the write's regions are durable; then its data may be written.
+
+        If the store cannot make them durable the write is ended (its regions stay in
+        the record, in RAM) and the store's OSError is raised: refuse the write.
+        """
+        if not ticket.transaction:
+            return
+        try:
+            await self.store.durable(ticket.transaction)
+        except BaseException:
+            self.end_write(ticket)
+            raise
+        ticket.transaction = 0
+
+    def end_write(self, ticket: WriteTicket) -> None:
+        """The write is on the medium (or failed): its regions may leave once mirrored."""
+        if ticket.ended:
+            return
+        ticket.ended = True
+        for region in self.span(ticket.offset, ticket.length):
             state = self._members.get(region)
             if state is not None and state.inflight:
                 state.inflight -= 1
-        self._inflight_seqs.pop(seq, None)
+        self._inflight_seqs.pop(ticket.seq, None)
 
     def completed_seq(self) -> int:
         """Every write with a sequence number up to this one has ended."""
@@ -274,5 +313,7 @@ class Record:
         c.evictions += len(gone)
         return len(gone)
 
-    def flush(self) -> None:
+    async def flush(self) -> None:
+        """Every change committed so far is durable (a host FLUSH waits for this)."""
+        await self.store.durable()
         self.store.barrier()

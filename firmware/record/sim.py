@@ -206,9 +206,9 @@ class TandemModel:
             got = record.begin_write(offset, length, now)
         except RecordFull:
             return False
-        if got != seq:
-            raise AssertionError(f"record sequence {got} != replay sequence {seq}")
-        record.end_write(offset, length, got)
+        if got.seq != seq:
+            raise AssertionError(f"record sequence {got.seq} != replay sequence {seq}")
+        record.end_write(got)
         return True
 
     def mirrored_upto(self, seq: int, now: float) -> None:

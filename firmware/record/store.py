@@ -25,17 +25,47 @@ _RUN_MERGE_GAP = 8
 
 
 class RecordStore(Protocol):
-    """Where a record persists; one ``commit`` is one NVRAM update transaction."""
+    """Where a record's changes become durable: the seam a peer-held record implements.
+
+    ``commit`` hands over one change (regions added, regions removed). A store either
+    persists it before returning (an NVRAM written inline: FRAM on SPI/I2C) or only
+    stages it, and it becomes durable later, asynchronously (group commit on a worker
+    thread; a peer appliance's acknowledgement that the change is in *its* FRAM). The
+    record never lets data be written to a region before ``durable`` has returned
+    for the transaction that added it (``must_wait``): that is the write-ahead.
+    Removals need no wait: a region named too long costs a resync, never data.
+    """
 
     def commit(self, add: Iterable[int], remove: Iterable[int]) -> int:
-        """Persist the change; return the NVRAM bytes written (0: nothing changed)."""
+        """Persist or stage the change; the NVRAM bytes written now (0: none yet)."""
+        ...
+
+    def must_wait(self, regions: range) -> int:
+        """The transaction that must be durable before data is written to ``regions``
+        (0: every region named there is durable already)."""
+        ...
+
+    async def durable(self, transaction: int | None = None) -> None:
+        """Return once ``transaction`` (default: everything committed so far) is
+        durable; raise OSError if it cannot be made so."""
         ...
 
     def barrier(self) -> None:
+        """Make earlier NVRAM writes non-volatile (a no-op on FRAM)."""
         ...
 
 
-class NullRecordStore:
+class InlineDurability:
+    """For stores whose ``commit`` persists before it returns: nothing is ever pending."""
+
+    def must_wait(self, regions: range) -> int:
+        return 0
+
+    async def durable(self, transaction: int | None = None) -> None:
+        return None
+
+
+class NullRecordStore(InlineDurability):
     """A store that only counts bytes as the NVRAM layout would (for trace replay)."""
 
     def __init__(self, geometry: Geometry) -> None:
@@ -74,7 +104,7 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-class NvramRecordStore:
+class NvramRecordStore(InlineDurability):
     """The record in an NVRAM device, with a shadow of the bitmap as written."""
 
     def __init__(self, nvram: Nvram) -> None:
@@ -166,7 +196,7 @@ class NvramRecordStore:
         self.stage(add, remove)
         return self.write_staged(self.take_staged())
 
-    # A commit in two halves, for group commit (firmware/volume/group_commit.py): stage
+    # A commit in two halves, for group commit (firmware/record/group_commit.py): stage
     # changes on the event loop, write them from a worker thread, one transaction for
     # everything staged since the last one.
 

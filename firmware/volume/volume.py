@@ -1,9 +1,9 @@
 """The write/read path: record check → local medium → mirror → acknowledge.
 
-This is where ARCHITECTURE.md's invariant is kept: ``Record.begin_write``
-persists any region it adds before it returns, and only then is the local
-medium written; the region cannot leave the record until the write has ended
-and the mirror has it durably.
+This is where ARCHITECTURE.md's invariant is used, not decided: the record's
+write-ahead (``begin_write`` → ``await durable`` → ``end_write``, firmware/record)
+says when the local medium may be written; a region cannot leave the record
+until the write has ended and the mirror has it durably.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable
 
 from firmware.mirror.mirror import Mirror
-from firmware.record.record import Record, RecordFull
-from firmware.volume.group_commit import GroupCommitStore
+from firmware.record.record import Record, RecordFull, WriteTicket
 from firmware.volume.target import TargetError
 from hal.media.base import Medium
 from hal.nvram.base import NvramError
@@ -28,13 +27,10 @@ class Volume:
     """A BlockTarget: the appliance's virtual disk."""
 
     def __init__(self, local: Medium, record: Record, mirror: Mirror, *,
-                 read_only: bool = False, clock: Callable[[], float] = time.monotonic,
-                 commits: GroupCommitStore | None = None) -> None:
+                 read_only: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.local = local
         self.record = record
-        # When the record's store is a GroupCommitStore (the appliance), misses are
-        # persisted off the event loop and writes wait here for their transaction.
-        self._commits = commits
         self.mirror = mirror
         self._size = local.size
         self._read_only = read_only
@@ -76,26 +72,26 @@ class Volume:
 
     async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
         self._check_writable(offset, len(data))
-        seq = await self._begin(offset, len(data))
+        ticket = await self._begin(offset, len(data))
         try:
             self.local.pwrite(offset, data)
         except OSError as exc:
-            self._local_write_failed(seq, offset, len(data), exc)
-        self.mirror.submit_write(seq, offset, data)
-        self._end(offset, len(data), seq)
+            self._local_write_failed(ticket, exc)
+        self.mirror.submit_write(ticket.seq, offset, data)
+        self._end(ticket)
         if fua:
             await self.flush()
 
     async def write_zeroes(self, offset: int, length: int, fua: bool = False,
                            may_trim: bool = True) -> None:
         self._check_writable(offset, length)
-        seq = await self._begin(offset, length)
+        ticket = await self._begin(offset, length)
         try:
             self.local.write_zeroes(offset, length, punch=may_trim)
         except OSError as exc:
-            self._local_write_failed(seq, offset, length, exc)
-        self.mirror.submit_zeroes(seq, offset, length, punch=may_trim)
-        self._end(offset, length, seq)
+            self._local_write_failed(ticket, exc)
+        self.mirror.submit_zeroes(ticket.seq, offset, length, punch=may_trim)
+        self._end(ticket)
         if fua:
             await self.flush()
 
@@ -108,9 +104,7 @@ class Volume:
         try:
             # The record first: on the simulated board it is a file that must not be
             # less durable than the data it describes.
-            if self._commits is not None:
-                await self._commits.durable()
-            self.record.flush()
+            await self.record.flush()
             await loop.run_in_executor(None, self.local.flush)
         except NvramError as exc:
             raise self._nvram_failed(exc) from exc
@@ -130,30 +124,24 @@ class Volume:
             raise TargetError(errno.EPERM, "volume is read-only")
         self._check(offset, length)
 
-    async def _begin(self, offset: int, length: int) -> int:
+    async def _begin(self, offset: int, length: int) -> WriteTicket:
         while True:
             try:
-                seq = self.record.begin_write(offset, length, self._clock())
+                ticket = self.record.begin_write(offset, length, self._clock())
                 break
             except RecordFull:
                 self._room.clear()
                 await self._room.wait()
             except NvramError as exc:
                 raise self._nvram_failed(exc) from exc
-        if self._commits is not None:
-            # Write-ahead: the regions must be in NVRAM before the data goes anywhere,
-            # also when this write hits a region another write's transaction added.
-            batch = self._commits.must_wait(self.record.span(offset, length))
-            if batch:
-                try:
-                    await self._commits.durable(batch)
-                except OSError as exc:
-                    self.record.end_write(offset, length, seq)
-                    raise self._nvram_failed(exc) from exc
-        return seq
+        try:
+            await self.record.durable(ticket)  # the write-ahead: NVRAM before the data
+        except OSError as exc:
+            raise self._nvram_failed(exc) from exc
+        return ticket
 
-    def _end(self, offset: int, length: int, seq: int) -> None:
-        self.record.end_write(offset, length, seq)
+    def _end(self, ticket: WriteTicket) -> None:
+        self.record.end_write(ticket)
         if not self._room.is_set():
             self._room.set()  # an ended write may have made its regions evictable
 
@@ -163,11 +151,11 @@ class Volume:
         log.error("NVRAM update failed, write refused: %s", exc)
         return TargetError(errno.EIO, f"NVRAM: {exc}")
 
-    def _local_write_failed(self, seq: int, offset: int, length: int, exc: OSError) -> None:
+    def _local_write_failed(self, ticket: WriteTicket, exc: OSError) -> None:
         # The range may hold part of the write: keep its regions in the record and let
         # the mirror copy them by region (it reads the local medium then).
         self.local_errors += 1
         log.error("local medium write failed: %s", exc)
-        self.record.end_write(offset, length, seq)
+        self.record.end_write(ticket)
         self.mirror.force_region_copy()
         raise TargetError(errno.EIO, f"local medium: {exc}") from exc

@@ -41,6 +41,13 @@ class Nvram(Protocol):
         """Return only when every earlier write is non-volatile (no-op on FRAM)."""
         ...
 
+    @property
+    def slow_writes(self) -> bool:
+        """True when a write waits on a host disk (an O_DSYNC file, fdatasync), so that
+        the record commits on a worker thread instead of on the event loop. FRAM on SPI
+        or I2C answers in microseconds: False."""
+        ...
+
     def close(self) -> None:
         """Release the bus or file."""
         ...

@@ -84,6 +84,11 @@ class FileFram:
         self._powered = True
 
     @property
+    def slow_writes(self) -> bool:
+        # "process": the page cache is the cells (see the module's docstring).
+        return self._sync in (True, False)
+
+    @property
     def size(self) -> int:
         return self._size
 

@@ -165,6 +165,10 @@ class I2cFram:
             self._stats = NvramStats()
 
     @property
+    def slow_writes(self) -> bool:
+        return False  # a FRAM write is done when its bus transfer ends
+
+    @property
     def size(self) -> int:
         return self._part.size
 

@@ -211,6 +211,10 @@ class SpiFram:
         self._header = 1 + self._part.address_bytes
 
     @property
+    def slow_writes(self) -> bool:
+        return False  # a FRAM write is done when its bus transfer ends
+
+    @property
     def size(self) -> int:
         return self._part.size
 

@@ -154,15 +154,15 @@ def test_a_write_that_overtakes_an_earlier_one_does_not_clean_it(tmp_path: Path)
         first = record.begin_write(0, 4096, 0.0)  # waiting for its transaction
         second_seq = record.begin_write(5 * REGION, 4096, 0.0)
         local.pwrite(5 * REGION, b"b" * 4096)
-        mirror.submit_write(second_seq, 5 * REGION, b"b" * 4096)
-        record.end_write(5 * REGION, 4096, second_seq)
+        mirror.submit_write(second_seq.seq, 5 * REGION, b"b" * 4096)
+        record.end_write(second_seq)
         for _ in range(50):  # let the mirror ship and retire what it has
             await asyncio.sleep(0.01)
         assert second.pread(5 * REGION, 4096) == b"b" * 4096
-        assert not record.is_clean(0) and record.mirrored_seq < first
+        assert not record.is_clean(0) and record.mirrored_seq < first.seq
         local.pwrite(0, b"a" * 4096)
-        mirror.submit_write(first, 0, b"a" * 4096)
-        record.end_write(0, 4096, first)
+        mirror.submit_write(first.seq, 0, b"a" * 4096)
+        record.end_write(first)
         await mirror.drained()
         assert record.is_clean(0) and media_equal(local, second)
         await mirror.close()

@@ -24,12 +24,12 @@ def scenario(nvram: FileFram) -> tuple[Record, set[int]]:
                     policy=SequentialLru(SequentialLruConfig(idle_evict_s=0.5)))
     for r in (3, 17, 40, 41, 900, 1500, 2047):  # scattered writes, soon mirrored
         s = record.begin_write(r * REGION, 4096, 0.0)
-        record.end_write(r * REGION, 4096, s)
+        record.end_write(s)
     record.mirrored_upto(record.seq)
     for i in range(12):  # a sequential stream, not mirrored yet
         off = 100 * REGION + i * 32768
         s = record.begin_write(off, 32768, 1.0)
-        record.end_write(off, 32768, s)
+        record.end_write(s)
     record.capacity = len(record)  # full: the next miss must evict in the same transaction
     dirty = set(record.dirty_regions())
     assert dirty and len(record) > len(dirty)

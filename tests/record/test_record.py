@@ -16,14 +16,14 @@ from firmware.record.layout import (
 )
 from firmware.record.policy import SequentialLru, SequentialLruConfig
 from firmware.record.record import Record, RecordFull
-from firmware.record.store import NvramRecordStore
+from firmware.record.store import InlineDurability, NvramRecordStore
 from hal.nvram.file_fram import FileFram
 
 KIB = 1024
 REGION = 64 * KIB
 
 
-class CountingStore:
+class CountingStore(InlineDurability):
     """A store double that records each commit, to assert on transactions."""
 
     def __init__(self) -> None:
@@ -44,9 +44,9 @@ def make_record(capacity: int = 1000, volume: int = 64 << 20, **policy_kw) -> Re
 
 
 def write(record: Record, offset: int, length: int, now: float = 0.0) -> int:
-    seq = record.begin_write(offset, length, now)
-    record.end_write(offset, length, seq)
-    return seq
+    ticket = record.begin_write(offset, length, now)
+    record.end_write(ticket)
+    return ticket.seq
 
 
 def test_scripted_pattern_miss_is_one_transaction_hit_is_none(tmp_path) -> None:
@@ -135,7 +135,7 @@ def test_in_flight_region_is_not_evicted() -> None:
     # Region 0's write has not ended: only region 1 may go.
     write(record, 5 * REGION, 4096)
     assert record.contains(0) and not record.contains(1)
-    record.end_write(0, 4096, seq)
+    record.end_write(seq)
 
 
 def test_idle_clean_regions_are_tidied_in_one_transaction() -> None:
@@ -185,10 +185,10 @@ def test_completed_seq_waits_for_oldest_in_flight() -> None:
     record = make_record()
     first = record.begin_write(0, 10, 0.0)
     second = record.begin_write(REGION, 10, 0.0)
-    record.end_write(REGION, 10, second)
-    assert record.completed_seq() == first - 1
-    record.end_write(0, 10, first)
-    assert record.completed_seq() == second
+    record.end_write(second)
+    assert record.completed_seq() == first.seq - 1
+    record.end_write(first)
+    assert record.completed_seq() == second.seq
 
 
 # -- layout ------------------------------------------------------------------------

@@ -215,3 +215,23 @@ def test_second_medium_failure_degrades_then_heals(appliance, host, how):
     # And the record shrinks back within its budget as regions go quiet.
     appliance.wait_for("record within budget",
                        lambda s: s["record_regions"] <= s["record_capacity_regions"])
+
+
+def test_a_failed_nvram_update_refuses_the_write_and_nothing_is_acknowledged(appliance, host):
+    host.pwrite(b"A" * 4096, 0)  # region 0 is in the record, durably
+    fram = appliance.app.nvram
+    assert fram.slow_writes  # sync = false: the record commits on the worker
+    fram.arm_power_cut(after_bytes=0)  # the next NVRAM write fails, nothing stored
+    with pytest.raises(nbd.Error) as failed:
+        host.pwrite(b"M" * 4096, 7 * REGION)  # a miss: needs an NVRAM update
+    assert errno_of(failed.value) == errno.EIO
+    # Write-ahead: the refused write's data never reached the local medium.
+    assert appliance.local.inner.pread(7 * REGION, 4096) != b"M" * 4096
+    status = appliance.status()
+    assert status["nvram_error"]
+    # A write that hits the record needs no NVRAM update and goes on.
+    host.pwrite(b"H" * 4096, 4096)
+    assert host.pread(4096, 4096) == b"H" * 4096
+    fram.power_on()
+    host.pwrite(b"N" * 4096, 7 * REGION)  # the NVRAM is back: the miss is taken now
+    assert host.pread(4096, 7 * REGION) == b"N" * 4096

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 
 from firmware.mirror.mirror import Mirror, MirrorConfig
+from firmware.record.group_commit import GroupCommitStore
 from firmware.record.layout import Geometry
 from firmware.record.policy import SequentialLru, SequentialLruConfig
 from firmware.record.record import Record
 from firmware.record.store import NvramRecordStore
-from firmware.volume.group_commit import GroupCommitStore
 from firmware.volume.volume import Volume
 from hal.media.memory import MemoryMedium
 from hal.nvram.file_fram import FileFram
@@ -37,7 +37,7 @@ def test_a_write_that_overtakes_a_miss_is_mirrored_too(tmp_path) -> None:
         holder: list[Volume] = []
         mirror = Mirror(local, second, record, MirrorConfig(),
                         on_progress=lambda: holder[0].room_made() if holder else None)
-        volume = Volume(local, record, mirror, commits=commits)
+        volume = Volume(local, record, mirror)
         holder.append(volume)
         commits.start()
         mirror.start()

@@ -20,7 +20,7 @@ REGION = 64 * 1024
 
 def write(record: Record, region: int, length: int = 4096) -> None:
     seq = record.begin_write(region * REGION, length, 0.0)
-    record.end_write(region * REGION, length, seq)
+    record.end_write(seq)
 
 
 @pytest.mark.parametrize("point", [*POINTS, "sequential-lru"])
@@ -40,5 +40,5 @@ def test_room_comes_back_after_a_full_record_is_mirrored(point) -> None:
     record.mirrored_upto(record.seq)
     assert all(record.evictable(r) for r in record.regions())
     seq = record.begin_write(10 * REGION, 2 * REGION, 0.0)
-    record.end_write(10 * REGION, 2 * REGION, seq)
+    record.end_write(seq)
     assert {10, 11} <= set(record.regions())

@@ -116,7 +116,7 @@ def _mutant_finds(monkeypatch, **config: object) -> Report:
 
 def test_oracle_catches_a_flush_that_does_not_flush(monkeypatch) -> None:
     async def flush_record_only(self: Volume) -> None:
-        self.record.flush()
+        await self.record.flush()
 
     monkeypatch.setattr(Volume, "flush", flush_record_only)
     report = _mutant_finds(monkeypatch, cuts=200, local_cache="on")

@@ -30,10 +30,10 @@ def make(hold_cost: float, capacity: int = 1 << 20, **kw) -> Record:
 
 
 def write(record: Record, offset: int, length: int = 4 * KIB, mirrored: bool = True) -> None:
-    seq = record.begin_write(offset, length, 0.0)
-    record.end_write(offset, length, seq)
+    ticket = record.begin_write(offset, length, 0.0)
+    record.end_write(ticket)
     if mirrored:
-        record.mirrored_upto(seq)
+        record.mirrored_upto(ticket.seq)
 
 
 def test_points_and_factory() -> None:
@@ -233,7 +233,7 @@ def test_a_full_record_makes_room_from_the_earliest_expiries_first() -> None:
     write(record, 0)
     write(record, 9 * MIB)  # full, nothing due: 16 first by expiry, but in flight; then 32
     assert record.regions() == [0, 16, 48, 144]
-    record.end_write(1 * MIB, 4096, seq)
+    record.end_write(seq)
     record.mirrored_upto(record.seq)
     write(record, 10 * MIB)  # now 16 may go, and its expiry is the earliest
     assert record.regions() == [0, 48, 144, 160]

@@ -8,6 +8,10 @@ writes everything staged so far as one NVRAM transaction, and every write whose
 regions were in it proceeds once it is durable. Under concurrency several
 misses share one transaction; alone, each miss is one transaction.
 
+Whether transactions go to the worker is the NVRAM driver's word
+(``Nvram.slow_writes``): on FRAM the hand-off would cost more than the write, and
+each commit is persisted inline.
+
 A region added by a staged transaction is *pending* until that transaction is
 durable: a later write that hits it must wait for the same transaction, or its
 data could reach the medium before the record names the region.
@@ -81,6 +85,8 @@ class GroupCommitStore:
 
     def must_wait(self, regions: range) -> int:
         """The batch that must be durable before writing ``regions`` (0: none)."""
+        if self.inline:
+            return 0
         if not self._pending:
             return 0
         pending = self._pending
@@ -88,6 +94,8 @@ class GroupCommitStore:
 
     async def durable(self, batch: int | None = None) -> None:
         """Wait until ``batch`` (default: everything staged so far) is in NVRAM."""
+        if self.inline:
+            return
         if batch is None:
             batch = self._batch + 1 if self._staged_any else self._batch
         if batch <= self._durable:
