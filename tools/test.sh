@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 .venv/bin/ruff check .
+.venv/bin/mypy  # firmware/, hal/, board/: the files and settings are in pyproject.toml
 if [ "${TANDEM_SKIP_RIG:-0}" != 1 ]; then
     echo "test: virtual rig stage (hil-tests/ inside a QEMU VM running Debian's kernel)" >&2
     .venv/bin/tandem rig test --virtual

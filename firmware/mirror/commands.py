@@ -87,7 +87,7 @@ def _link(mirror: Mirror, args: list[str]) -> list[str]:
         if not hasattr(second, "rate_limit"):
             raise CommandError(f"{second.name} has no rate cap (not a link)")
         rate = None if args[1] == "off" else _parse_rate(args[1])
-        second.rate_limit = rate  # type: ignore[attr-defined]
+        second.rate_limit = rate
         return [f"link: rate cap {'off' if rate is None else f'{rate} bytes/s'}"]
     raise UsageError("expected status, or rate BYTES|off")
 

@@ -51,7 +51,7 @@ class DrbdActivityLog:
         if missing:
             over = len(extents) + len(missing) - self.slots
             if over > 0:
-                victims = []
+                victims: list[int] = []
                 for extent, last in extents.items():
                     if len(victims) == over:
                         break

@@ -417,7 +417,7 @@ class FaultyMedium:
                 half = max(SECTOR, len(data) // 2 // SECTOR * SECTOR)
                 self.inner.pwrite(offset, bytes(data[:min(half, len(data) - 1)]))
             raise self._error(fault.err, "write", offset, len(data))
-        self.inner.pwrite(offset, data)
+        self.inner.pwrite(offset, bytes(data) if isinstance(data, memoryview) else data)
 
     def write_zeroes(self, offset: int, length: int, punch: bool = False) -> None:
         self._check("zeroes", offset, length)

@@ -176,7 +176,7 @@ def open_medium(spec: dict[str, object], default_size: int | None = None) -> Fil
     path = str(spec["path"])
     if kind == "file":
         size = spec.get("size", default_size)
-        return FileMedium(path, int(size) if size is not None else None, create=True)
+        return FileMedium(path, int(str(size)) if size is not None else None, create=True)
     if kind == "block":
         return FileMedium(path, o_direct=bool(spec.get("o_direct", True)))
     raise ValueError(f"unknown medium kind {kind!r} (expected 'file' or 'block')")

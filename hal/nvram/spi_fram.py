@@ -320,7 +320,7 @@ def open_spi_fram(
     """
     if device is None:
         try:
-            import spidev  # type: ignore[import-not-found]
+            import spidev
         except ImportError as exc:
             raise ImportError("SPI FRAM needs spidev: install the 'board' extra") from exc
         device = spidev.SpiDev()

@@ -480,9 +480,10 @@ class NbdServer:
     @property
     def port(self) -> int:
         """The port actually listened on (useful with port 0)."""
-        if self._server is None or not self._server.sockets:
+        sockets = getattr(self._server, "sockets", None)  # asyncio.Server, not the ABC
+        if not sockets:
             raise RuntimeError("server is not listening")
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 from firmware.frontends.tcmu import sense as sk
 from firmware.frontends.tcmu.ring import (
@@ -31,7 +31,7 @@ class RingDevice(Protocol):
     """What the handler needs of the UIO device (a fake in tests, UioDevice for real)."""
 
     fd: int
-    mapping: object
+    mapping: Any
 
     def read_event(self) -> int | None: ...
 
@@ -45,7 +45,7 @@ class TcmuHandler:
                  ring: CommandRing | None = None) -> None:
         self._device = device
         self._disk = disk
-        self._ring = ring or CommandRing(device.mapping)  # type: ignore[arg-type]
+        self._ring = ring or CommandRing(device.mapping)
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_order: deque[int] = deque()     # cmd_ids in ring order (no CAP_OOOC)
         self._finished: dict[int, tuple[ScsiResult, int | None]] = {}

@@ -79,7 +79,7 @@ class SharedBuffer(Protocol):
 
     def __getitem__(self, index: slice) -> bytes: ...
 
-    def __setitem__(self, index: slice, value: bytes) -> None: ...
+    def __setitem__(self, index: slice, value: bytes | memoryview) -> None: ...
 
 
 def cdb_length(first_bytes: bytes) -> int:
@@ -251,7 +251,7 @@ class CommandRing:
                 break
         return b"".join(parts)
 
-    def scatter(self, iovecs: Iterable[tuple[int, int]], data: bytes) -> int:
+    def scatter(self, iovecs: Iterable[tuple[int, int]], data: bytes | memoryview) -> int:
         """Copy ``data`` into the iovecs (data-in); return how many bytes fit."""
         done = 0
         view = memoryview(data)

@@ -623,15 +623,15 @@ class ScsiDisk:
             raise invalid_field(3)
         if options == 2 and not has_sa:
             raise invalid_field(3)
-        row = _BY_OPCODE.get(requested)
-        supported = row is not None and (not has_sa or row.service_action == requested_sa)
+        entry = _BY_OPCODE.get(requested)
+        supported = entry is not None and (not has_sa or entry.service_action == requested_sa)
         if not supported:
             data = bytes((0, 0x01, 0, 0))   # SUPPORT 001b: not supported
             return ScsiResult(sk.GOOD, data[:allocation])
-        assert row is not None
+        assert entry is not None
         support = 0x03                      # supported, conforming to the standard
         data = bytes((0, (0x80 if timeouts else 0) | support)) + \
-            len(row.usage).to_bytes(2, "big") + row.usage
+            len(entry.usage).to_bytes(2, "big") + entry.usage
         if timeouts:
             data += timeouts_descriptor
         return ScsiResult(sk.GOOD, data[:allocation])

@@ -34,7 +34,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import cbor2
 
@@ -62,7 +62,7 @@ class ProtocolError(Exception):
 
 # --- digests -----------------------------------------------------------------------------
 
-DIGEST_ALGS: dict[str, Callable[[bytes], bytes]] = {
+DIGEST_ALGS: dict[str, Callable[[bytes | memoryview], bytes]] = {
     "blake2b-128": lambda block: hashlib.blake2b(block, digest_size=16).digest(),
     "sha256": lambda block: hashlib.sha256(block).digest(),
 }
@@ -133,10 +133,14 @@ class Frame:
 FRAME_TYPES: dict[int, type[Frame]] = {}
 
 
-def _frame(type_number: int, *checks: Check) -> Callable[[type], type]:
-    def register(cls: type) -> type:
+_F = TypeVar("_F", bound=Frame)
+
+
+@dataclass_transform(frozen_default=True)
+def _frame(type_number: int, *checks: Check) -> Callable[[type[_F]], type[_F]]:
+    def register(cls: type[_F]) -> type[_F]:
         cls = dataclass(frozen=True, slots=True)(cls)
-        assert len(fields(cls)) == len(checks), cls
+        assert len(fields(cls)) == len(checks), cls  # type: ignore[arg-type]  # a dataclass now
         cls.TYPE = type_number
         cls.CHECKS = checks
         FRAME_TYPES[type_number] = cls
@@ -262,8 +266,8 @@ class Bye(Frame):
 
 
 def encode_frame(frame: Frame) -> bytes:
-    values = [frame.TYPE]
-    for f in fields(frame):  # type: ignore[arg-type]
+    values: list[Any] = [frame.TYPE]
+    for f in fields(frame):  # type: ignore[arg-type]  # every Frame is a dataclass (_frame)
         v = getattr(frame, f.name)
         values.append(list(v) if isinstance(v, tuple) else v)
     payload = cbor2.dumps(values)
@@ -290,7 +294,8 @@ def decode_payload(payload: bytes) -> Frame:
     args = value[1:]
     if len(args) != len(cls.CHECKS):
         raise ProtocolError(f"{cls.__name__}: {len(args)} fields, expected {len(cls.CHECKS)}")
-    for f, check, v in zip(fields(cls), cls.CHECKS, args, strict=True):
+    for f, check, v in zip(fields(cls), cls.CHECKS, args,  # type: ignore[arg-type]  # _frame
+                           strict=True):
         if not check(v):
             raise ProtocolError(f"{cls.__name__}.{f.name}: bad value {v!r:.60}")
     return cls(*(tuple(v) if type(v) is list else v for v in args))

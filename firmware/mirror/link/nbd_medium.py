@@ -20,10 +20,11 @@ then be at least that large. ``rate_limit`` caps the bytes/s written.
 from __future__ import annotations
 
 import errno
+import functools
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nbd
 
@@ -158,7 +159,7 @@ class NbdMedium:
         parts = []
         for start in range(offset, offset + length, CHUNK):
             n = min(CHUNK, offset + length - start)
-            parts.append(self._call(lambda h, n=n, start=start: h.pread(n, start)))
+            parts.append(self._call(functools.partial(_pread, n=n, start=start)))
         return b"".join(parts)
 
     def pwrite(self, offset: int, data: bytes) -> None:
@@ -167,8 +168,7 @@ class NbdMedium:
         for start in range(0, len(data), CHUNK):
             chunk = bytes(view[start:start + CHUNK])
             self._pace(len(chunk))
-            self._call(lambda h, chunk=chunk, start=start: h.pwrite(chunk, offset + start),
-                       writes=True)
+            self._call(functools.partial(_pwrite, chunk=chunk, at=offset + start), writes=True)
             self.bytes_sent += len(chunk)  # counted once the server took it
 
     def write_zeroes(self, offset: int, length: int, punch: bool = False) -> None:
@@ -183,7 +183,7 @@ class NbdMedium:
         flags = 0 if punch else nbd.CMD_FLAG_NO_HOLE
         for start in range(offset, offset + length, ZERO_CHUNK):
             n = min(ZERO_CHUNK, offset + length - start)
-            self._call(lambda h, n=n, start=start: h.zero(n, start, flags), writes=True)
+            self._call(functools.partial(_zero, n=n, start=start, flags=flags), writes=True)
 
     def flush(self) -> None:
         with self._lock:
@@ -227,3 +227,17 @@ def _errno(exc: nbd.Error, default: int) -> int:
     """libnbd's numeric errno (``exc.errno`` is its name, such as "ENOSPC")."""
     number = getattr(exc, "errnum", None)
     return number if isinstance(number, int) and number > 0 else default
+
+
+# One libnbd call each, bound with functools.partial (a lambda in a loop would need
+# default arguments to capture the loop's values, which mypy cannot type).
+def _pread(handle: Any, n: int, start: int) -> bytes:
+    return bytes(handle.pread(n, start))
+
+
+def _pwrite(handle: Any, chunk: bytes, at: int) -> None:
+    handle.pwrite(chunk, at)
+
+
+def _zero(handle: Any, n: int, start: int, flags: int) -> None:
+    handle.zero(n, start, flags)

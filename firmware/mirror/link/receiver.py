@@ -182,17 +182,17 @@ class _Session:
             await self._start(action)
         elif isinstance(action, CommitEpoch):
             await self._send()  # the "received whole" ack goes out before the slow part
-            await asyncio.to_thread(self.replica.commit, self.token, action.epoch)
+            await asyncio.to_thread(self.replica.commit, self._session_token(), action.epoch)
             self.machine.epoch_durable(action.epoch)
         elif isinstance(action, ComputeDigests):
-            r = action.request
-            digests = await asyncio.to_thread(self.replica.digests, r.offset, r.length,
-                                              r.block_size, r.alg)
-            self.machine.send_digests(r, digests)
+            asked = action.request
+            digests = await asyncio.to_thread(self.replica.digests, asked.offset, asked.length,
+                                              asked.block_size, asked.alg)
+            self.machine.send_digests(asked, digests)
         elif isinstance(action, ReadData):
-            r = action.request
-            data = await asyncio.to_thread(self.replica.read, r.offset, r.length)
-            self.machine.send_data(r, data)
+            read = action.request
+            data = await asyncio.to_thread(self.replica.read, read.offset, read.length)
+            self.machine.send_data(read, data)
         elif isinstance(action, ChangeState):
             await self._change_state(action)
         elif isinstance(action, SessionEnded):
@@ -223,10 +223,16 @@ class _Session:
                  "consistent" if action.state.consistent else "inconsistent (resync)",
                  action.state.current)
 
+    def _session_token(self) -> int:
+        """The replica's token of this session: the machine acts on epochs only in one."""
+        if self.token is None:
+            raise RuntimeError("link: an epoch arrived outside a session")
+        return self.token
+
     async def _stage_now(self) -> None:
         if self._staged:
             staged, self._staged, self._staged_bytes = self._staged, [], 0
-            await asyncio.to_thread(self.replica.stage, self.token, staged)
+            await asyncio.to_thread(self.replica.stage, self._session_token(), staged)
 
     async def _send(self) -> None:
         out = self.machine.take_outgoing()
