@@ -18,6 +18,7 @@ from collections.abc import Callable
 from firmware.console.commands import coalesce
 from firmware.console.grammar import Command, CommandError, CommandTable, UsageError
 from firmware.mirror.mirror import Mirror, VerifyReport
+from firmware.parsing import parse_size
 
 MiB = 1 << 20
 
@@ -93,16 +94,11 @@ def _link(mirror: Mirror, args: list[str]) -> list[str]:
 
 
 def _parse_rate(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    value = text.strip().upper().removesuffix("/S").removesuffix("B")
-    unit = value[-1:] if value[-1:] in units and value[-1:] else ""
     try:
-        rate = int(float(value[:-1] if unit else value) * units[unit])
+        return parse_size(text.strip().upper().removesuffix("/S"))
     except ValueError:
-        raise UsageError(f"not a rate: {text!r} (e.g. 512K, 20M)") from None
-    if rate <= 0:
-        raise UsageError("the rate must be positive (or 'off')")
-    return rate
+        raise UsageError(f"not a rate: {text!r} (a positive size per second: 512K, 20M; "
+                         f"or 'off')") from None
 
 
 def _link_lines(mirror: Mirror) -> list[str]:
