@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
+import time
 import tty
 from pathlib import Path
 
@@ -144,8 +146,18 @@ def test_serial_device_console(start_server):
         start_server(serial_device=os.ttyname(slave), tcp=None)
         os.write(master, b"\x03record --count\r\n")
         data = b""
+        deadline = time.monotonic() + 10
         while not data.endswith(b"7\r\n" + PROMPT.encode()):
-            data += os.read(master, 4096)
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"the serial console did not answer: {data!r}"
+            ready, _, _ = select.select([master], [], [], remaining)
+            if ready:
+                data += os.read(master, 4096)
+        # Ctrl-C cancelled the (empty) line; the answer is the record's count after the
+        # prompt, on its own line, then a new prompt.
+        lines = data.decode().split("\r\n")
+        assert f"{PROMPT}^C" in lines
+        assert lines[-2:] == [f"{PROMPT}7", PROMPT]
     finally:
         os.close(master)
         os.close(slave)
