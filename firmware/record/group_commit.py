@@ -84,18 +84,16 @@ class GroupCommitStore:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="nvram-commit")
 
     def must_wait(self, regions: range) -> int:
-        """The batch that must be durable before writing ``regions`` (0: none)."""
-        if self.inline:
-            return 0
+        """The batch that must be durable before writing ``regions`` (0: none; always
+        so inline, where nothing is ever pending)."""
         if not self._pending:
             return 0
         pending = self._pending
         return max((pending.get(r, 0) for r in regions), default=0)
 
     async def durable(self, batch: int | None = None) -> None:
-        """Wait until ``batch`` (default: everything staged so far) is in NVRAM."""
-        if self.inline:
-            return
+        """Wait until ``batch`` (default: everything staged so far) is in NVRAM (at
+        once inline: nothing is ever staged there)."""
         if batch is None:
             batch = self._batch + 1 if self._staged_any else self._batch
         if batch <= self._durable:

@@ -469,7 +469,7 @@ class NbdServer:
             description=description, minimum_block_size=minimum,
             preferred_block_size=max(target.preferred_block_size, minimum, 512))
         self.exports = (self.export,)
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._connections: set[NbdConnection] = set()
 
     @property
@@ -480,10 +480,9 @@ class NbdServer:
     @property
     def port(self) -> int:
         """The port actually listened on (useful with port 0)."""
-        sockets = getattr(self._server, "sockets", None)  # asyncio.Server, not the ABC
-        if not sockets:
+        if self._server is None or not self._server.sockets:
             raise RuntimeError("server is not listening")
-        return int(sockets[0].getsockname()[1])
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
