@@ -106,7 +106,7 @@ class Appliance:
         existed = {role: _exists(spec) for role, spec in media_specs.items()}
         self.local: Medium = open_medium(media_specs["local"], default_size=size)
         if s.remote:
-            from firmware.mirror.link.remote_medium import open_second_medium
+            from firmware.second_medium import open_second_medium
 
             # The connect decision says whether a receiver holds our data; an NBD
             # export may hold anything, so it counts as existing (full copy if in doubt).

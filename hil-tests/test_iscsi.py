@@ -148,7 +148,7 @@ def test_chap_is_enforced_when_configured(tmp_path):
     iqn, portal, user, secret = ("iqn.2025-01.io.tandem:chap0", "127.0.0.1:3262", "tandem",
                                  "chap-secret-0123")
     service = subprocess.Popen(
-        [sys.executable, "-m", "firmware.frontends.tcmu.service", "--image",
+        [sys.executable, "-m", "tools.rig.tcmu_file", "--image",
          str(tmp_path / "chap.img"), "--size", "16M", "--name", "chap0",
          "--iscsi-portal", portal, "--iscsi-iqn", iqn, "--chap-user", user,
          "--chap-password", secret], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

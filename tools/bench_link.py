@@ -75,7 +75,7 @@ class Receiver:
         self.key.write_bytes(KEY)
         self.log = open(work / "receiver.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "firmware.mirror.link.receiver", "--listen", "127.0.0.1:0",
+            [sys.executable, "-m", "firmware.receive_app", "--listen", "127.0.0.1:0",
              "--medium", str(self.image), "--size", str(size), "--key-file", str(self.key)],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self.log)
         assert self.proc.stdout is not None
@@ -207,7 +207,7 @@ async def _backlog(stack: Stack, mode: str, backlog: int, cap: int, seed: int
 
 
 def _remote(port: int, size: int, store: Any, cap: int | None) -> Any:
-    from firmware.mirror.link.remote_medium import RemoteMedium
+    from hal.media.remote.medium import RemoteMedium
 
     return RemoteMedium("127.0.0.1", port, KEY, size, state=store, rate_limit=cap)
 
@@ -216,7 +216,7 @@ def run_backlog(size: int, backlog: int, cap: int, link: str, receiver: Any, que
                 mode: str, local: Any, store: Any) -> BacklogResult:
     """One backlog over one link session; the remote holds the volume before and after."""
     if link == "nbdkit-rate":
-        from firmware.mirror.link.nbd_medium import NbdMedium
+        from hal.media.nbd import NbdMedium
 
         second: Any = NbdMedium(receiver.uri, size=size)
     else:
@@ -301,8 +301,8 @@ def main(args: argparse.Namespace) -> int:
                            "backlog": [], "resync": []}
     say = (lambda *a: None) if args.json else print
     logging.getLogger("tandem").setLevel(logging.INFO if args.verbose else logging.ERROR)
-    from firmware.mirror.link.generations import MemoryStateStore
     from hal.media.file import FileMedium
+    from hal.media.remote.generations import MemoryStateStore
 
     store = MemoryStateStore()
     receiver = Receiver(work, size)

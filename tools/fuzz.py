@@ -37,7 +37,7 @@ TARGET_NAMES = ("nbd", "console", "record", "link")
 _INSTRUMENTED = ("firmware", "hal")
 _MODULES = ("firmware.frontends.nbd.protocol", "firmware.console.grammar",
             "firmware.console.commands", "firmware.record.layout", "firmware.record.store",
-            "firmware.mirror.link.frames")
+            "hal.media.remote.frames")
 
 
 def write_seeds() -> int:

@@ -284,7 +284,7 @@ def _record_raw(image: bytes) -> None:
 
 
 def fuzz_link(data: bytes) -> None:
-    from firmware.mirror.link.frames import (
+    from hal.media.remote.frames import (
         FrameDecoder,
         ProtocolError,
         decode_payload,
@@ -355,7 +355,7 @@ def seeds() -> dict[str, list[bytes]]:
 
 
 def _link_seeds() -> list[bytes]:
-    from firmware.mirror.link import frames as f
+    from hal.media.remote import frames as f
 
     samples = [
         ("Hello", (1, "sender", "volume-uuid", 1 << 20, "gen-2", ("gen-1",), True)),

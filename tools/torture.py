@@ -6,7 +6,7 @@ start-up path (``Appliance.open_storage`` over the surviving NVRAM and media
 images) and check the result with an oracle. Everything runs in one process on
 small volumes in tmpfs, so ten thousand cuts take minutes.
 
-The board under test (see ``hal/media/faulty.py``):
+The board under test (see ``tools/sim/faulty.py``):
 
 - NVRAM: the simulated board's file-backed FRAM, whose cuts are byte-granular;
 - local and second media: image files behind :class:`VolatileCacheMedium`, so a
@@ -72,9 +72,9 @@ from firmware.parsing import parse_size
 from firmware.record.policy import POINTS
 from firmware.volume.target import TargetError
 from firmware.volume.volume import Volume
-from hal.media.faulty import Cut, IoEvent, MediumPowerLost, PowerRail, VolatileCacheMedium
 from hal.nvram.base import PowerLost
 from hal.nvram.file_fram import FileFram
+from tools.sim.faulty import Cut, IoEvent, MediumPowerLost, PowerRail, VolatileCacheMedium
 
 log = logging.getLogger("tandem.torture")
 

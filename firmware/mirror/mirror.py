@@ -1023,7 +1023,7 @@ def _clip(start: int, end: int, size: int) -> Iterator[tuple[int, int]]:
 
 
 def _block_digests(data: bytes, block: int) -> list[bytes]:
-    from firmware.mirror.link.frames import block_digests
+    from hal.media.remote.frames import block_digests
 
     return block_digests(data, block, DIGEST_ALG)
 

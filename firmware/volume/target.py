@@ -65,3 +65,32 @@ class BlockTarget(Protocol):
     async def flush(self) -> None:
         """Return once every write completed before the call is durable."""
         ...
+
+
+class TargetShape:
+    """What every block target shares: its size, block sizes, read-only flag and the
+    range checks, so that Volume and the test and rig targets refuse alike."""
+
+    logical_block_size = 512  # the smallest addressable unit
+    preferred_block_size = 4096  # aligned writes of this size avoid read-modify-write
+
+    def __init__(self, size: int, read_only: bool = False) -> None:
+        self._size = size
+        self._read_only = read_only
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise TargetError.out_of_range(offset, length, self._size)
+
+    def check_writable(self, offset: int, length: int) -> None:
+        if self._read_only:
+            raise TargetError(errno.EPERM, "volume is read-only")
+        self.check_range(offset, length)

@@ -16,24 +16,23 @@ from collections.abc import Callable
 
 from firmware.mirror.mirror import Mirror
 from firmware.record.record import Record, RecordFull, WriteTicket
-from firmware.volume.target import TargetError
+from firmware.volume.target import TargetError, TargetShape
 from hal.media.base import Medium
 from hal.nvram.base import NvramError
 
 log = logging.getLogger("tandem.volume")
 
 
-class Volume:
+class Volume(TargetShape):
     """A BlockTarget: the appliance's virtual disk."""
 
     def __init__(self, local: Medium, record: Record, mirror: Mirror, *,
                  read_only: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(local.size, read_only)
         self.local = local
         self.record = record
         self.mirror = mirror
-        self._size = local.size
-        self._read_only = read_only
         self._clock = clock
         self._room = asyncio.Event()
         self.nvram_error: str | None = None
@@ -41,28 +40,12 @@ class Volume:
 
     # -- BlockTarget ----------------------------------------------------------------
 
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def logical_block_size(self) -> int:
-        return 512
-
-    @property
-    def preferred_block_size(self) -> int:
-        return 4096
-
-    @property
-    def read_only(self) -> bool:
-        return self._read_only
-
     def room_made(self) -> None:
         """The mirror or a finished write may have made regions evictable."""
         self._room.set()
 
     async def read(self, offset: int, length: int) -> bytes:
-        self._check(offset, length)
+        self.check_range(offset, length)
         try:
             return self.local.pread(offset, length)
         except OSError as exc:
@@ -71,7 +54,7 @@ class Volume:
             raise TargetError(errno.EIO, f"local medium: {exc}") from exc
 
     async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
-        self._check_writable(offset, len(data))
+        self.check_writable(offset, len(data))
         ticket = await self._begin(offset, len(data))
         try:
             self.local.pwrite(offset, data)
@@ -84,7 +67,7 @@ class Volume:
 
     async def write_zeroes(self, offset: int, length: int, fua: bool = False,
                            may_trim: bool = True) -> None:
-        self._check_writable(offset, length)
+        self.check_writable(offset, length)
         ticket = await self._begin(offset, length)
         try:
             self.local.write_zeroes(offset, length, punch=may_trim)
@@ -114,15 +97,6 @@ class Volume:
             raise TargetError(errno.EIO, f"local medium flush: {exc}") from exc
 
     # -- internals ------------------------------------------------------------------
-
-    def _check(self, offset: int, length: int) -> None:
-        if offset < 0 or length < 0 or offset + length > self._size:
-            raise TargetError.out_of_range(offset, length, self._size)
-
-    def _check_writable(self, offset: int, length: int) -> None:
-        if self._read_only:
-            raise TargetError(errno.EPERM, "volume is read-only")
-        self._check(offset, length)
 
     async def _begin(self, offset: int, length: int) -> WriteTicket:
         while True:

@@ -14,7 +14,7 @@ Spec tables (keys not listed are an error, so profile typos do not pass silently
     for parts without a device ID and checked against it otherwise.
 
 ``device`` replaces the spidev/SMBus object (tests pass a chip model from
-:mod:`hal.nvram.models`). Drivers are imported on demand, so a board without
+:mod:`tools.sim.fram_models`). Drivers are imported on demand, so a board without
 smbus2 or spidev can still open the kinds it has.
 """
 

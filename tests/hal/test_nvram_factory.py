@@ -7,8 +7,8 @@ import pytest
 from hal.nvram import Nvram, NvramError, open_nvram
 from hal.nvram.file_fram import FileFram
 from hal.nvram.i2c_fram import I2cFram
-from hal.nvram.models import I2cFramModel, SpiFramModel
 from hal.nvram.spi_fram import SpiFram
+from tools.sim.fram_models import I2cFramModel, SpiFramModel
 
 
 def test_file_spec(tmp_path):

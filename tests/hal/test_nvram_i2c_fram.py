@@ -8,7 +8,7 @@ import pytest
 
 from hal.nvram.base import NvramError
 from hal.nvram.i2c_fram import I2cFram, open_i2c_fram
-from hal.nvram.models import I2C_CHIPS, I2cChip, I2cFramModel
+from tools.sim.fram_models import I2C_CHIPS, I2cChip, I2cFramModel
 
 
 def pattern(n: int, seed: int = 0) -> bytes:

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hal.nvram.base import Nvram, PowerLost
 from hal.nvram.file_fram import FileFram
 from hal.nvram.i2c_fram import I2cFram
-from hal.nvram.models import I2cFramModel, SpiFramModel
 from hal.nvram.spi_fram import SpiFram
+from tools.sim.fram_models import I2cFramModel, SpiFramModel
 
 SIZE = 8192  # every backend below is 8 KiB
 

@@ -7,8 +7,8 @@ import errno
 import pytest
 
 from hal.nvram.base import NvramError
-from hal.nvram.models import SPI_CHIPS, SpiChip, SpiFramModel
 from hal.nvram.spi_fram import RDID, RDSR, READ, WREN, WRITE, SpiFram, open_spi_fram
+from tools.sim.fram_models import SPI_CHIPS, SpiChip, SpiFramModel
 
 
 def pattern(n: int, seed: int = 0) -> bytes:

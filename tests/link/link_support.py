@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 class ReceiverProcess:
-    """`python -m firmware.mirror.link.receiver ...`, started and stopped by the test."""
+    """`python -m firmware.receive_app ...`, started and stopped by the test."""
 
     def __init__(self, workdir: Path, image: Path, key_file: Path, extra: list[str]) -> None:
         self.workdir = workdir
@@ -37,7 +37,7 @@ class ReceiverProcess:
         self.log = workdir / "receiver.log"
 
     def start(self, port: int = 0) -> ReceiverProcess:
-        cmd = [sys.executable, "-m", "firmware.mirror.link.receiver",
+        cmd = [sys.executable, "-m", "firmware.receive_app",
                "--listen", f"127.0.0.1:{port}", "--medium", str(self.image),
                "--key-file", str(self.key_file), "-v", *self.extra]
         log = open(self.log, "ab")
@@ -70,7 +70,7 @@ class ReceiverProcess:
 
     def admin(self, *args: str) -> str:
         """Run `receive --promote` / `--discard-my-data` on the same medium."""
-        out = subprocess.run([sys.executable, "-m", "firmware.mirror.link.receiver",
+        out = subprocess.run([sys.executable, "-m", "firmware.receive_app",
                               "--medium", str(self.image), *args],
                              cwd=REPO, capture_output=True, check=True, timeout=30)
         return out.stdout.decode()

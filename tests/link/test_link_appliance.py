@@ -32,10 +32,10 @@ from link_support import (
     wait_for_path,
 )
 
-from firmware.mirror.link.generations import StateFile
-from firmware.mirror.link.journal import EpochJournal
-from firmware.mirror.link.replica import Replica
+from firmware.receiver.journal import EpochJournal
+from firmware.receiver.replica import Replica
 from hal.media.file import FileMedium
+from hal.media.remote.generations import StateFile
 from tests.e2e.appliance import RunningAppliance, same_bytes
 
 SIZE = 32 * 1024 * 1024

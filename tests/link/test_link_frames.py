@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware.mirror.link.frames import (
+from hal.media.remote.frames import (
     FRAME_TYPES,
     MAX_DATA,
     MAX_FRAME_SIZE,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_link_frames import frames as any_frame
 
-from firmware.mirror.link.frames import (
+from hal.media.remote.frames import (
     PROTOCOL_VERSION,
     Barrier,
     Challenge,
@@ -32,7 +32,7 @@ from firmware.mirror.link.frames import (
     Zero,
     auth_mac,
 )
-from firmware.mirror.link.generations import Decision, SyncState, decide
+from hal.media.remote.generations import Decision, SyncState, decide
 
 KEY = b"the shared key"
 SIZE = 1 << 20

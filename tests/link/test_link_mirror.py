@@ -14,14 +14,14 @@ from pathlib import Path
 
 from link_support import KEY, SIZE, wait_for
 
-from firmware.mirror.link.generations import MemoryStateStore, StateFile
-from firmware.mirror.link.remote_medium import RemoteMedium
 from firmware.mirror.mirror import Mirror, MirrorConfig, MirrorState
 from firmware.record.layout import Geometry
 from firmware.record.record import Record
 from firmware.record.store import NullRecordStore
 from firmware.volume.volume import Volume
 from hal.media.file import FileMedium
+from hal.media.remote.generations import MemoryStateStore, StateFile
+from hal.media.remote.medium import RemoteMedium
 
 REGION = 64 * 1024
 BLOCK = 4096

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from link_support import free_port, wait_for_path
 
-from firmware.mirror.link.nbd_medium import NbdMedium
-from firmware.mirror.link.remote_medium import open_remote
+from firmware.second_medium import open_remote
 from hal.media.base import MediumError
+from hal.media.nbd import NbdMedium
 
 SIZE = 8 * 1024 * 1024
 

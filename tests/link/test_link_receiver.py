@@ -15,17 +15,18 @@ import threading
 import pytest
 from link_support import KEY, SIZE, free_port, wait_for
 
-from firmware.mirror.link.frames import (
+from firmware.second_medium import open_remote
+from hal.media.base import MediumError
+from hal.media.remote.frames import (
     Connected,
     EpochAcked,
     FrameDecoder,
     SenderMachine,
     block_digests,
 )
-from firmware.mirror.link.generations import MemoryStateStore, StateFile, SyncState
-from firmware.mirror.link.net import client_tls_context
-from firmware.mirror.link.remote_medium import RemoteMedium, open_remote
-from hal.media.base import MediumError
+from hal.media.remote.generations import MemoryStateStore, StateFile, SyncState
+from hal.media.remote.medium import RemoteMedium
+from hal.media.remote.net import client_tls_context
 
 
 def remote(port: int, key: bytes = KEY, **kwargs) -> RemoteMedium:

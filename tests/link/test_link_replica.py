@@ -8,12 +8,12 @@ import random
 
 import pytest
 
-from firmware.mirror.link.frames import Write, Zero
-from firmware.mirror.link.generations import StateFile, SyncState
-from firmware.mirror.link.journal import EpochJournal
-from firmware.mirror.link.replica import Replica, StaleSession
+from firmware.receiver.journal import EpochJournal
+from firmware.receiver.replica import Replica, StaleSession
 from hal.media.base import MediumError
 from hal.media.file import FileMedium
+from hal.media.remote.frames import Write, Zero
+from hal.media.remote.generations import StateFile, SyncState
 
 SIZE = 1 << 20
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from firmware.frontends.nbd.server import NbdServer, serve_nbd
-from firmware.volume.memory import MemoryTarget
+from tools.sim.memory_target import MemoryTarget
 
 
 class ThreadedNbdServer:

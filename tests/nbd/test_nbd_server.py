@@ -12,7 +12,6 @@ import pytest
 
 import firmware.frontends.nbd.server as nbd_server
 from firmware.frontends.nbd.server import NbdServer, nbd_error, serve_nbd
-from firmware.volume.memory import MemoryTarget
 from firmware.volume.target import TargetError
 from tests.nbd.nbd_wire import (
     CHUNK_ERROR,
@@ -39,6 +38,7 @@ from tests.nbd.nbd_wire import (
     request,
     write,
 )
+from tools.sim.memory_target import MemoryTarget
 
 SIZE = 4 << 20
 TIMEOUT = 20  # only guards against hangs; no test depends on it

@@ -5,8 +5,8 @@ import argparse
 import pytest
 
 from firmware.app import register as register_run
-from firmware.mirror.link.receiver import register as register_receive
 from firmware.parsing import parse_host_port, parse_size
+from firmware.receive_app import register as register_receive
 
 
 @pytest.mark.parametrize(("text", "expected"), [

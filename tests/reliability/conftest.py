@@ -1,4 +1,4 @@
-"""A volume, record and mirror over media the test can break (see hal/media/faulty.py)."""
+"""A volume, record and mirror over media the test can break (see tools/sim/faulty.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from firmware.record.record import Record
 from firmware.record.store import NvramRecordStore
 from firmware.volume.volume import Volume
 from hal.media.base import Medium
-from hal.media.memory import MemoryMedium
 from hal.nvram.file_fram import FileFram
+from tools.sim.media import MemoryMedium
 
 REGION = 64 * 1024
 SIZE = 4 << 20

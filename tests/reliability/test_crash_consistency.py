@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from hal.media.faulty import VolatileCacheMedium
-from hal.media.memory import MemoryMedium
+from tools.sim.faulty import VolatileCacheMedium
+from tools.sim.media import MemoryMedium
 
 from .conftest import REGION, SIZE, make_rig, pattern
 

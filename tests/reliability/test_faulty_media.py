@@ -8,7 +8,7 @@ import random
 import pytest
 
 from hal.media.base import Medium, MediumError
-from hal.media.faulty import (
+from tools.sim.faulty import (
     SECTOR,
     Cut,
     FaultyMedium,
@@ -17,7 +17,7 @@ from hal.media.faulty import (
     PowerRail,
     VolatileCacheMedium,
 )
-from hal.media.memory import MemoryMedium
+from tools.sim.media import MemoryMedium
 
 SIZE = 64 * SECTOR
 

@@ -18,8 +18,8 @@ from firmware.record.policy import SequentialLru, SequentialLruConfig
 from firmware.record.record import Record
 from firmware.record.store import NvramRecordStore
 from firmware.volume.volume import Volume
-from hal.media.memory import MemoryMedium
 from hal.nvram.file_fram import FileFram
+from tools.sim.media import MemoryMedium
 
 from .conftest import REGION, SIZE, pattern, wait_until
 

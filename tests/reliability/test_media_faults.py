@@ -16,8 +16,8 @@ import pytest
 
 from firmware.mirror.mirror import MirrorState
 from firmware.volume.target import TargetError
-from hal.media.faulty import FaultyMedium
-from hal.media.memory import MemoryMedium
+from tools.sim.faulty import FaultyMedium
+from tools.sim.media import MemoryMedium
 
 from .conftest import REGION, SIZE, make_rig, pattern, wait_until
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from firmware.cli import main
-from firmware.record.sim import Result
-from tools.replay_report import BEGIN_MARK, END_MARK, acceptance
+from tools.replay.report import BEGIN_MARK, END_MARK, acceptance
+from tools.replay.sim import Result
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "traces"

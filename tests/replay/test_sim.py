@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from firmware.record.baselines import DmLog, DrbdActivityLog, LowerBound, MdBitmap
 from firmware.record.layout import Geometry
 from firmware.record.policy import SequentialLru, SequentialLruConfig
-from firmware.record.sim import MIB, TandemModel, TraceWrites, replay, smallest_region
+from tools.replay.baselines import DmLog, DrbdActivityLog, LowerBound, MdBitmap
+from tools.replay.sim import MIB, TandemModel, TraceWrites, replay, smallest_region
 
 KIB = 1 << 10
 

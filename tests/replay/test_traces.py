@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 
-from firmware.record.traces import TraceError, detect_format, parse_trace, read_trace
+from tools.replay.traces import TraceError, detect_format, parse_trace, read_trace
 
 GIB = 1 << 30
 

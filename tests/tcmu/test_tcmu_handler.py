@@ -8,8 +8,8 @@ import struct
 
 from firmware.frontends.tcmu.handler import TcmuHandler
 from firmware.frontends.tcmu.scsi import DiskIdentity, ScsiDisk
-from firmware.volume.memory import MemoryTarget
 from tests.tcmu.kernel_model import OOOC, READ_LEN, KernelRing
+from tools.sim.memory_target import MemoryTarget
 
 BS = 512
 

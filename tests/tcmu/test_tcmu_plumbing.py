@@ -11,7 +11,7 @@ from firmware.frontends.tcmu.lio import LioSettings
 from firmware.frontends.tcmu.service import find_disk_by_serial
 from firmware.frontends.tcmu.uio import UioName, find_uio
 from firmware.parsing import parse_host_port as parse_portal
-from tools import rig
+from tools.rig import command as rig
 
 
 def make_uio(sysfs: Path, index: int, name: str) -> None:

@@ -1,5 +1,5 @@
 """The ring core on byte images a real kernel wrote (recorded with
-``python -m firmware.frontends.tcmu.capture`` in the virtual rig).
+``python -m tools.rig.capture`` in the virtual rig).
 
 Each recorded batch is the ring bytes between the handler's parse position and
 cmd_head at one wake-up: the scan's first commands, writes carrying data,

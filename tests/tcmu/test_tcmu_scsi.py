@@ -10,8 +10,8 @@ import pytest
 
 from firmware.frontends.tcmu import scsi
 from firmware.frontends.tcmu.scsi import DiskIdentity, ScsiDisk
-from firmware.volume.memory import MemoryTarget
 from firmware.volume.target import TargetError
+from tools.sim.memory_target import MemoryTarget
 
 BLOCKS = 2048
 BS = 512

@@ -13,7 +13,7 @@ write's own marking.
 
 ``TandemModel`` drives the firmware's own :class:`~firmware.record.record.Record`
 (with a :class:`~firmware.record.store.NullRecordStore` counting transactions);
-the baselines in :mod:`firmware.record.baselines` implement the same ``Model``.
+the baselines in :mod:`tools.replay.baselines` implement the same ``Model``.
 """
 
 from __future__ import annotations

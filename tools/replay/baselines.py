@@ -1,6 +1,6 @@
 """Emulations of the records real systems keep, for comparison under the same replay.
 
-Each is a :class:`firmware.record.sim.Model`; the rule that a region may leave
+Each is a :class:`tools.replay.sim.Model`; the rule that a region may leave
 the record only once every write to it has drained to the second medium holds
 for all of them, as for Tandem's record.
 

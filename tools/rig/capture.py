@@ -1,6 +1,6 @@
 """Record what a real kernel writes into the TCMU ring, for the unit tests' fixtures.
 
-    python -m firmware.frontends.tcmu.capture OUT.json     (as root, on a kernel with LIO)
+    python -m tools.rig.capture OUT.json     (as root, on a kernel with LIO)
 
 Creates a scratch storage object with a 1 MiB command ring, maps it into
 tcm_loop, drives a small workload at the disk (the kernel's scan, writes and
@@ -28,9 +28,9 @@ from firmware.frontends.tcmu.handler import TcmuHandler
 from firmware.frontends.tcmu.lio import LioExport, LioSettings
 from firmware.frontends.tcmu.ring import Command, CommandRing, RingEvent
 from firmware.frontends.tcmu.scsi import DiskIdentity, ScsiDisk
-from firmware.frontends.tcmu.service import _wait_for_disk, _wait_for_uio
+from firmware.frontends.tcmu.service import wait_for_disk, wait_for_uio
 from firmware.frontends.tcmu.uio import UioDevice
-from firmware.volume.memory import MemoryTarget
+from tools.sim.memory_target import MemoryTarget
 
 MAX_RECORDED_DATA = 64 << 10
 SIZE = 64 << 20
@@ -85,7 +85,7 @@ async def capture(out: Path) -> None:
                            cmd_ring_size_mb=1, tcm_loop=True)   # small: the workload wraps it
     export = await asyncio.to_thread(LioExport, settings)
     await asyncio.to_thread(export.ensure_storage_object)
-    device = UioDevice(await _wait_for_uio(settings.name, settings.config))
+    device = UioDevice(await wait_for_uio(settings.name, settings.config))
     await asyncio.to_thread(export.restart_ring)
     disk = ScsiDisk(MemoryTarget(SIZE), DiskIdentity(serial=settings.serial,
                                                      max_transfer_blocks=2048))
@@ -95,7 +95,7 @@ async def capture(out: Path) -> None:
     mailbox = bytes(device.mapping[0:128]).hex()
     try:
         await asyncio.to_thread(export.ensure_loopback)
-        dev = await _wait_for_disk(settings.serial)
+        dev = await wait_for_disk(settings.serial)
         workload = (
             f"dd if=/dev/zero bs=4k count=1 2>/dev/null | tr '\\0' 'A' | "
             f"dd of={dev} bs=4k seek=1 oflag=direct status=none && "
@@ -122,7 +122,7 @@ async def capture(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m firmware.frontends.tcmu.capture")
+    parser = argparse.ArgumentParser(prog="python -m tools.rig.capture")
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)

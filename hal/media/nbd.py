@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 
 import nbd
 
-from firmware.mirror.link.net import TokenBucket
 from hal.media.base import MediumError
+from hal.media.remote.net import TokenBucket
 
 CHUNK = 8 * 1024 * 1024  # bytes per NBD request (servers commonly take up to 32 MiB)
 ZERO_CHUNK = 1024 * 1024 * 1024  # NBD lengths are 32-bit

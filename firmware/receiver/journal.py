@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import cbor2
 
-from firmware.mirror.link.frames import MAX_FRAME_SIZE, Write, Zero
+from hal.media.remote.frames import MAX_FRAME_SIZE, Write, Zero
 
 _PREFIX = struct.Struct(">I")
 _READ_CHUNK = 4 * 1024 * 1024

@@ -23,12 +23,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from firmware.record.baselines import all_baselines
 from firmware.record.policy import POINTS
 from firmware.record.record import QUIET_EVICT_S
-from firmware.record.sim import Model, Result, replay
-from firmware.record.traces import TraceError, read_trace
-from tools.replay import add_excess, bounds, format_table, map_jobs, tandem_model
+from tools.replay.baselines import all_baselines
+from tools.replay.command import add_excess, bounds, format_table, map_jobs, tandem_model
+from tools.replay.sim import Model, Result, replay
+from tools.replay.traces import TraceError, read_trace
 
 BEGIN_MARK = "<!-- replay-report: begin (made by `tandem replay-report`; do not edit) -->"
 END_MARK = "<!-- replay-report: end -->"

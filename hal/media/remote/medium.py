@@ -44,7 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from firmware.mirror.link.frames import (
+from hal.media.base import MediumError
+from hal.media.remote.frames import (
     DEFAULT_DIGEST_ALG,
     MAX_DATA,
     MAX_DIGESTS,
@@ -59,15 +60,13 @@ from firmware.mirror.link.frames import (
     RemoteState,
     SenderMachine,
 )
-from firmware.mirror.link.generations import (
+from hal.media.remote.generations import (
     Decision,
     MemoryStateStore,
-    StateFile,
     StateStore,
     SyncState,
 )
-from firmware.mirror.link.net import PACE_SLICE, TokenBucket, set_keepalive
-from hal.media.base import Medium, MediumError
+from hal.media.remote.net import PACE_SLICE, TokenBucket, set_keepalive
 
 log = logging.getLogger("tandem.link")
 
@@ -688,58 +687,3 @@ async def _drain_quietly(writer: asyncio.StreamWriter) -> None:
             await writer.drain()
     except (TimeoutError, OSError):
         pass
-
-
-def open_remote(remote: str, *, size: int, key_file: str | None = None,
-                state: StateStore | None = None, tls_ca: str | None = None,
-                tls: bool = False, rate_limit: float | None = None) -> Medium:
-    """The second medium named by `tandem run --remote`: ``HOST:PORT`` or an NBD URI.
-
-    ``HOST:PORT`` is a `tandem receive` (needs ``key_file``; TLS if ``tls`` or
-    ``tls_ca``); ``nbd://``, ``nbds://``, ``nbd+unix://``... is any NBD export.
-    """
-    if remote.startswith("nbd"):
-        from firmware.mirror.link.nbd_medium import NbdMedium
-
-        medium = NbdMedium(remote, size=size, rate_limit=rate_limit)
-        try:
-            medium.connect()  # a wrong target is worth failing for; one that is down is not
-        except MediumError as exc:
-            if exc.errno == errno.ENOSPC:
-                medium.close()
-                raise
-            log.warning("%s; the mirror will keep trying", exc)
-        return medium
-    from firmware.mirror.link.net import client_tls_context
-    from firmware.parsing import parse_host_port
-
-    if not key_file:
-        raise ValueError("--remote HOST:PORT needs --key-file")
-    with open(key_file, "rb") as f:
-        key = f.read()
-    host, port = parse_host_port(remote)
-    context = client_tls_context(tls_ca) if (tls or tls_ca) else None
-    return RemoteMedium(host, port, key, size, state=state, tls=context,
-                        rate_limit=rate_limit)
-
-
-def open_second_medium(remote: str, *, size: int, data_dir: str, volume_created: bool,
-                       key_file: str | None = None, tls: bool = False,
-                       tls_ca: str | None = None, rate_limit: float | None = None) -> Medium:
-    """The second medium of `tandem run --remote`, with the link state kept across restarts.
-
-    A `tandem receive` knows this volume by the uuid and generations in
-    ``DATA_DIR/link-state``; a volume created now starts a new identity (a receiver
-    holding another volume's copy then refuses, rather than being overwritten).
-    """
-    state: StateStore | None = None
-    if not remote.startswith("nbd"):
-        os.makedirs(data_dir, exist_ok=True)
-        path = os.path.join(data_dir, "link-state")
-        store = StateFile(path)
-        if volume_created or not os.path.exists(path):
-            store.save(SyncState.new_primary())
-        store.load()  # a damaged file stops the start-up here, not at the first connect
-        state = store
-    return open_remote(remote, size=size, key_file=key_file, state=state, tls=tls,
-                       tls_ca=tls_ca, rate_limit=rate_limit)

@@ -55,7 +55,7 @@ OVERLAY_DIRS = ("etc", "root", "home", "tmp", "var", "usr", "opt", "srv")
 DEFAULT_FIRMWARE = ("{python} -m firmware.cli run --board sim --data-dir {scratch}/data "
                     "--size {size} --tcmu --tcm-loop --iscsi-portal 127.0.0.1:3260 "
                     "--no-console-pty")
-SERVICE_FIRMWARE = ("{python} -m firmware.frontends.tcmu.service --image {scratch}/volume.img "
+SERVICE_FIRMWARE = ("{python} -m tools.rig.tcmu_file --image {scratch}/volume.img "
                     "--size {size} --name tandem0 --tcm-loop --iscsi-portal 127.0.0.1:3260")
 # With the default firmware: the sim board's two media must end up identical once the
 # mirror has drained (the test stops writing first, so they converge).

@@ -38,7 +38,7 @@ from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import cbor2
 
-from firmware.mirror.link.generations import MAX_HISTORY, Decision, SyncState, decide, explain
+from hal.media.remote.generations import MAX_HISTORY, Decision, SyncState, decide, explain
 
 PROTOCOL_VERSION = 1
 MAX_DATA = 4 * 1024 * 1024  # bytes in one WRITE or DATA frame (a longer write takes several)

@@ -1,8 +1,8 @@
 """`tandem replay TRACE`: the record policy against a block trace, with a simulated clock.
 
 Runs the firmware's own Record and policy (firmware/record) over the trace's
-writes; the link model and figures are described in firmware/record/sim.py,
-the comparison records in firmware/record/baselines.py. Prints a table, or with
+writes; the link model and figures are described in tools/replay/sim.py,
+the comparison records in tools/replay/baselines.py. Prints a table, or with
 --json one object: the first Tandem row's figures at top level, every row
 under "rows".
 """
@@ -20,7 +20,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from firmware.record.baselines import all_baselines
 from firmware.record.layout import Geometry
 from firmware.record.policy import (
     DEFAULT_POINT,
@@ -29,7 +28,8 @@ from firmware.record.policy import (
     CostAwarePolicy,
 )
 from firmware.record.record import QUIET_EVICT_S
-from firmware.record.sim import (
+from tools.replay.baselines import all_baselines
+from tools.replay.sim import (
     MIB,
     Model,
     Result,
@@ -38,7 +38,7 @@ from firmware.record.sim import (
     replay,
     smallest_region,
 )
-from firmware.record.traces import FORMATS, TraceError, read_trace
+from tools.replay.traces import FORMATS, TraceError, read_trace
 
 T = TypeVar("T")
 

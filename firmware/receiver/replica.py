@@ -12,10 +12,10 @@ import logging
 import threading
 from collections.abc import Iterable
 
-from firmware.mirror.link.frames import DIGEST_ALGS, MAX_DATA, Write, Zero, block_digests
-from firmware.mirror.link.generations import StateStore, SyncState
-from firmware.mirror.link.journal import EpochJournal, JournalOp, JournalWrite, JournalZero
+from firmware.receiver.journal import EpochJournal, JournalOp, JournalWrite, JournalZero
 from hal.media.base import Medium, MediumError
+from hal.media.remote.frames import DIGEST_ALGS, MAX_DATA, Write, Zero, block_digests
+from hal.media.remote.generations import StateStore, SyncState
 
 log = logging.getLogger("tandem.link.replica")
 

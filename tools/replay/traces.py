@@ -1,7 +1,7 @@
 """Block trace readers: MSR Cambridge CSV, SPC, blkparse text (plain or gzip).
 
 Each yields the trace's writes in issue order as a
-:class:`~firmware.record.sim.TraceWrites` (reads are dropped: they never touch
+:class:`~tools.replay.sim.TraceWrites` (reads are dropped: they never touch
 the record). Traces naming several disks (MSR ``DiskNumber``, SPC ``ASU``,
 blkparse ``major,minor``) are laid side by side in one address space, each disk
 starting on a GiB boundary after the previous one, unless ``disk`` picks one.
@@ -25,7 +25,7 @@ import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from firmware.record.sim import TraceWrites
+from tools.replay.sim import TraceWrites
 
 FORMATS = ("auto", "msr", "spc", "blkparse")
 _SECTOR = 512
