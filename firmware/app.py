@@ -170,7 +170,7 @@ class Appliance:
         # New region size: name every new region overlapping an old one (a superset).
         geometry = Geometry(volume_size, region_size, old.volume_uuid)
         regions = sorted({r for old_region in loaded.regions
-                          for r in geometry_span(geometry, old_region * old.region_size,
+                          for r in geometry.span(old_region * old.region_size,
                                                  old.region_size)})
         log.warning("record: region size %d → %d; %d old regions map to %d new ones",
                     old.region_size, region_size, len(loaded.regions), len(regions))
@@ -311,12 +311,6 @@ class Appliance:
 
     def mirror_resume(self) -> None:
         self.mirror.resume()
-
-
-def geometry_span(geometry: Geometry, offset: int, length: int) -> range:
-    shift = geometry.region_shift
-    last = min(offset + length, geometry.volume_size) - 1
-    return range(offset >> shift, (last >> shift) + 1)
 
 
 def _exists(spec: dict[str, Any]) -> bool:

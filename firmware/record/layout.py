@@ -45,6 +45,12 @@ class LayoutError(ValueError):
     """The NVRAM does not hold a usable record (no valid header, or wrong geometry)."""
 
 
+def region_span(offset: int, length: int, shift: int) -> range:
+    """The regions of ``1 << shift`` bytes that bytes ``offset .. offset+length`` touch; a
+    zero-length request (a FLUSH at an offset, an empty write) touches its one region."""
+    return range(offset >> shift, ((offset + max(length, 1) - 1) >> shift) + 1)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """What a record describes: a volume cut into power-of-two regions."""
@@ -66,6 +72,11 @@ class Geometry:
     @property
     def nregions(self) -> int:
         return -(-self.volume_size // self.region_size)
+
+    def span(self, offset: int, length: int) -> range:
+        """:func:`region_span`, clipped at the end of the volume."""
+        end = min(offset + max(length, 1), self.volume_size)
+        return region_span(offset, max(end - offset, 1), self.region_shift)
 
     def bitmap_bytes(self) -> int:
         return -(-self.nregions // 8)

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
-from firmware.record.layout import Geometry
+from firmware.record.layout import Geometry, region_span
 from firmware.record.policy import RecordPolicy, SequentialLru
 from firmware.record.store import RecordStore
 
@@ -169,7 +169,7 @@ class Record:
         return sorted(r for r, s in self._members.items() if not self._clean(s))
 
     def span(self, offset: int, length: int) -> range:
-        return range(offset >> self._shift, ((offset + max(length, 1) - 1) >> self._shift) + 1)
+        return region_span(offset, length, self._shift)
 
     # -- the write path ------------------------------------------------------------
 

@@ -30,10 +30,10 @@ import os
 from typing import Literal
 
 from hal.nvram.base import NvramError, PowerLost, check_range
-from hal.nvram.stats import NvramStats
+from hal.nvram.stats import CountedOperations, NvramStats
 
 
-class FileFram:
+class FileFram(CountedOperations):
     """NVRAM emulated by a file of exactly ``size`` bytes.
 
     An absent file is created zero-filled (so is an empty one: a creation
@@ -95,11 +95,6 @@ class FileFram:
     @property
     def path(self) -> str:
         return self._path
-
-    @property
-    def stats(self) -> NvramStats:
-        """A snapshot of the operation counters."""
-        return NvramStats(**vars(self._stats))
 
     @property
     def powered(self) -> bool:

@@ -40,6 +40,7 @@ from typing import Protocol
 from smbus2 import i2c_msg
 
 from hal.nvram.base import NvramError, check_range
+from hal.nvram.bus import FramOnBus
 from hal.nvram.stats import NvramStats
 
 DEVICE_ID_SLAVE = 0xF8 >> 1  # reserved slave ID F8h/F9h as a 7-bit address
@@ -103,7 +104,7 @@ class SMBusLike(Protocol):
     def close(self) -> None: ...
 
 
-class I2cFram:
+class I2cFram(FramOnBus[I2cFramPart]):
     """An I2C FRAM at ``address`` on an open SMBus-like bus.
 
     With ``probe_id`` the device ID is read first; it gives the size, and ``size``
@@ -163,23 +164,6 @@ class I2cFram:
                     exc.errno, f"no I2C FRAM answers at 0x{address:02x}: {exc.strerror}"
                 ) from exc
             self._stats = NvramStats()
-
-    @property
-    def slow_writes(self) -> bool:
-        return False  # a FRAM write is done when its bus transfer ends
-
-    @property
-    def size(self) -> int:
-        return self._part.size
-
-    @property
-    def part(self) -> I2cFramPart:
-        return self._part
-
-    @property
-    def stats(self) -> NvramStats:
-        """A snapshot of the operation counters."""
-        return NvramStats(**vars(self._stats))
 
     def read(self, offset: int, length: int) -> bytes:
         check_range(self.size, offset, length)

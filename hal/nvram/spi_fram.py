@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from hal.nvram.base import NvramError, check_range
+from hal.nvram.bus import FramOnBus
 from hal.nvram.stats import NvramStats
 
 WREN = 0x06
@@ -168,7 +169,7 @@ class SpiDevice(Protocol):
     def close(self) -> None: ...
 
 
-class SpiFram:
+class SpiFram(FramOnBus[SpiFramPart]):
     """An SPI FRAM behind an open spidev-like device.
 
     ``max_transfer`` bounds every frame including the opcode and address bytes (the
@@ -211,25 +212,8 @@ class SpiFram:
         self._header = 1 + self._part.address_bytes
 
     @property
-    def slow_writes(self) -> bool:
-        return False  # a FRAM write is done when its bus transfer ends
-
-    @property
-    def size(self) -> int:
-        return self._part.size
-
-    @property
-    def part(self) -> SpiFramPart:
-        return self._part
-
-    @property
     def max_transfer(self) -> int:
         return self._max_transfer
-
-    @property
-    def stats(self) -> NvramStats:
-        """A snapshot of the operation counters."""
-        return NvramStats(**vars(self._stats))
 
     def read(self, offset: int, length: int) -> bytes:
         check_range(self.size, offset, length)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass
@@ -17,3 +17,14 @@ class NvramStats:
     bytes_written: int = 0
     read_calls: int = 0
     bytes_read: int = 0
+
+
+class CountedOperations:
+    """The counters every backend keeps in ``_stats``, handed out as a snapshot."""
+
+    _stats: NvramStats
+
+    @property
+    def stats(self) -> NvramStats:
+        """A snapshot of the operation counters."""
+        return replace(self._stats)

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
+from firmware.record.layout import region_span
+
 KIB = 1 << 10
 MIB = 1 << 20
-
-
-def _span(offset: int, length: int, shift: int) -> range:
-    return range(offset >> shift, ((offset + max(length, 1) - 1) >> shift) + 1)
 
 
 class DrbdActivityLog:
@@ -45,7 +43,7 @@ class DrbdActivityLog:
         self._updates = 0
 
     def write(self, seq: int, offset: int, length: int, now: float) -> bool:
-        span = _span(offset, length, self._shift)
+        span = region_span(offset, length, self._shift)
         extents = self._extents
         missing = [e for e in span if e not in extents]
         if missing:
@@ -118,7 +116,7 @@ class MdBitmap:
         self._updates = 0
 
     def write(self, seq: int, offset: int, length: int, now: float) -> bool:
-        span = _span(offset, length, self._shift)
+        span = region_span(offset, length, self._shift)
         if any(c not in self._bits for c in span):
             self._updates += 1
             self._bits.update(span)
@@ -159,7 +157,7 @@ class DmLog:
         self._updates = 0
 
     def write(self, seq: int, offset: int, length: int, now: float) -> bool:
-        span = _span(offset, length, self._shift)
+        span = region_span(offset, length, self._shift)
         marked, to_clear = self._marked, self._to_clear
         for region in span:
             to_clear.discard(region)  # written again before its clear was flushed
@@ -195,7 +193,7 @@ class LowerBound:
         self._updates = 0
 
     def write(self, seq: int, offset: int, length: int, now: float) -> bool:
-        span = _span(offset, length, self._shift)
+        span = region_span(offset, length, self._shift)
         last = self._dirty.last
         if any(b not in last for b in span):
             self._updates += 1
