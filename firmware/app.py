@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from board import load_profile
+from firmware.environment import Environment
 from firmware.mirror.mirror import Mirror, MirrorConfig
 from firmware.parsing import parse_host_port, parse_size
 from firmware.record.group_commit import GroupCommitStore
@@ -33,9 +35,7 @@ from firmware.record.record import QUIET_EVICT_S, Record
 from firmware.record.store import NvramRecordStore
 from firmware.volume.volume import Volume
 from hal.media.base import Medium
-from hal.media.file import open_medium
 from hal.media.sticky import StickyFailureMedium
-from hal.nvram import open_nvram
 
 log = logging.getLogger("tandem")
 
@@ -54,7 +54,7 @@ class Settings:
     mirror_queue: int = 64 << 20
     idle_evict_s: float | None = 2.0
     point: str = "latency-first"  # record policy: an operating point, or "sequential-lru"
-    tidy_interval_s: float = 0.5
+    tidy_interval_s: float | None = 0.5  # None: no tidy task (the caller tidies)
     quiet_evict_s: float = QUIET_EVICT_S
     read_only: bool = False
     tcmu: bool = False
@@ -69,6 +69,11 @@ class Settings:
     rate_limit: int | None = None  # bytes/s on the link
     tls: bool = False
     tls_ca: str | None = None
+    # The mirror's tuning; None: its defaults with mirror_queue as the queue limit.
+    mirror_tuning: MirrorConfig | None = None
+    # The frontends start() serves: NBD and the console (TCMU with tcmu).
+    serve_nbd: bool = True
+    serve_console: bool = True
 
 
 @dataclass
@@ -78,13 +83,22 @@ class StartupReport:
 
 
 class Appliance:
-    """One running appliance; also the console's backend."""
+    """One running appliance; also the console's backend.
 
-    def __init__(self, settings: Settings) -> None:
+    The life cycle: ``open_storage()`` (NVRAM, media, the record and the resync
+    decision; no event loop), ``await start_storage()`` (the mirror, the volume, the
+    record's commits), ``await start()`` (that, and the frontends). It ends either with
+    ``await stop()`` (flush, evict what is mirrored, persist, close) or, when the power
+    went, with ``await halt()`` (nothing more is written) and ``close_devices()``.
+    """
+
+    def __init__(self, settings: Settings, env: Environment | None = None) -> None:
         self.settings = settings
+        self.env = env or Environment()
         self.profile = load_profile(settings.board, data_dir=settings.data_dir)
         self.started_at = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
+        self._executors: list[concurrent.futures.Executor] = []
         self.nbd_server: Any = None
         self.tcmu: Any = None
         self.console: Any = None
@@ -104,7 +118,8 @@ class Appliance:
         size = s.size or parse_size(self._defaults("size") or "1G")
         media_specs = self.profile["media"]
         existed = {role: _exists(spec) for role, spec in media_specs.items()}
-        self.local: Medium = open_medium(media_specs["local"], default_size=size)
+        env = self.env
+        self.local: Medium = env.open_medium("local", media_specs["local"], size)
         if s.remote:
             from firmware.second_medium import open_second_medium
 
@@ -116,11 +131,11 @@ class Appliance:
                 volume_created=not existed["local"], key_file=s.key_file, tls=s.tls,
                 tls_ca=s.tls_ca, rate_limit=s.rate_limit)
         else:
-            self.second = open_medium(media_specs["second"], default_size=self.local.size)
+            self.second = env.open_medium("second", media_specs["second"], self.local.size)
         if self.second.size < self.local.size:
             raise SystemExit(f"tandem: second medium {self.second.name} ({self.second.size} B) "
                              f"is smaller than the local one ({self.local.size} B)")
-        self.nvram = open_nvram(self.profile["nvram"])
+        self.nvram = env.open_nvram(self.profile["nvram"])
         self.store = NvramRecordStore(self.nvram)
         region_size = s.region_size or parse_size(self._defaults("region_size") or "64K")
         budget = s.resync_budget or parse_size(self._defaults("resync_budget") or "1G")
@@ -136,10 +151,17 @@ class Appliance:
             policy = make_policy(s.point)
         # A worker thread only pays off where an NVRAM write waits on a host disk: the
         # driver says whether it does.
-        self.commits = GroupCommitStore(self.store, inline=not self.nvram.slow_writes)
+        inline = not self.nvram.slow_writes
+        self.commits = GroupCommitStore(
+            self.store, inline=inline, executor=None if inline else self._executor("nvram"))
         self.record = Record(geometry, self.commits, capacity_regions=max(1, budget // region_size),
-                             policy=policy, initial_regions=regions, now=time.monotonic(),
+                             policy=policy, initial_regions=regions, now=env.clock(),
                              quiet_evict_s=s.quiet_evict_s)
+
+    def _executor(self, name: str) -> concurrent.futures.Executor:
+        executor = self.env.executor(name)
+        self._executors.append(executor)
+        return executor
 
     def _recover_record(self, region_size: int, fresh: bool
                         ) -> tuple[Geometry, list[int], StartupReport]:
@@ -185,26 +207,37 @@ class Appliance:
         self.store.format(geometry, everything)
         return geometry, everything, StartupReport(len(everything), reason)
 
-    async def start(self) -> None:
-        from firmware.frontends.nbd.server import serve_nbd
-
+    async def start_storage(self) -> None:
+        """The mirror, the volume and the record's commits, on the running loop."""
         if self.startup is None:
             self.open_storage()
+        s = self.settings
+        env = self.env
         # The volume and the mirror share one view of the local medium, so that a flush
         # error either of them meets fails every later write and flush of both.
         self.local_io = StickyFailureMedium(self.local)
-        self.mirror = Mirror(self.local_io, self.second, self.record,
-                             MirrorConfig(queue_limit_bytes=self.settings.mirror_queue),
-                             on_progress=lambda: self.volume.room_made())
-        self.volume = Volume(self.local_io, self.record, self.mirror,
-                             read_only=self.settings.read_only)
+        tuning = s.mirror_tuning or MirrorConfig(queue_limit_bytes=s.mirror_queue)
+        self.mirror = Mirror(self.local_io, self.second, self.record, tuning,
+                             on_progress=lambda: self.volume.room_made(), clock=env.clock,
+                             executor=self._executor("mirror"))
+        self.volume = Volume(self.local_io, self.record, self.mirror, read_only=s.read_only,
+                             clock=env.clock, io_executor=self._executor("local"))
         self.commits.start()
         self.mirror.start()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._tidy(), name="tidy"))
+        if s.tidy_interval_s is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(
+                self._tidy(s.tidy_interval_s), name="tidy"))
+
+    async def start(self) -> None:
+        from firmware.frontends.nbd.server import serve_nbd
+
+        await self.start_storage()
         s = self.settings
-        self.nbd_server = await serve_nbd(self.volume, s.nbd_host, s.nbd_port,
-                                          export_name=s.export)
-        await self._start_console()
+        if s.serve_nbd:
+            self.nbd_server = await serve_nbd(self.volume, s.nbd_host, s.nbd_port,
+                                              export_name=s.export)
+        if s.serve_console:
+            await self._start_console()
         if s.tcmu:
             from firmware.frontends.tcmu.service import start_tcmu_frontend
 
@@ -234,19 +267,19 @@ class Appliance:
                                      baudrate=int(spec.get("baudrate", 115200)))
         await self.console.start()
 
-    async def _tidy(self) -> None:
+    async def _tidy(self, interval_s: float) -> None:
         # The record sheds what its policy names and, after quiet_evict_s without a
         # host write, every mirrored region (the same code the replay runs).
         while True:
-            await asyncio.sleep(self.settings.tidy_interval_s)
+            await asyncio.sleep(interval_s)
             try:
-                shed = self.record.tidy(time.monotonic())
+                shed = self.record.tidy(self.env.clock())
                 if shed:
                     self.volume.room_made()
             except OSError as exc:
                 log.error("record tidy failed: %s", exc)
 
-    async def stop(self) -> None:
+    async def _stop_serving(self) -> None:
         if self.tcmu is not None:
             await self.tcmu.close()
         if self.nbd_server is not None:
@@ -257,13 +290,35 @@ class Appliance:
         for task in self._tasks:
             task.cancel()
         await self.mirror.close()
+
+    async def stop(self) -> None:
+        await self._stop_serving()
         with contextlib.suppress(OSError):
             self.local_io.flush()  # a failed medium raises: then nothing is evicted
             self.record.evict_clean()  # what is mirrored needs no resync at next start
         await self.commits.close()
-        self.local.close()
-        self.second.close()
-        self.nvram.close()
+        self._shutdown_executors(wait=True)
+        self.close_devices()
+
+    async def halt(self) -> None:
+        """The power went: stop every task and frontend, write nothing more (no flush, no
+        eviction, no NVRAM transaction). The devices stay open for whoever inspects them;
+        ``close_devices()`` closes them."""
+        await self._stop_serving()
+        await self.commits.abandon()
+        self._shutdown_executors(wait=False)
+
+    def close_devices(self) -> None:
+        """Close the NVRAM and both media (whatever of them start-up opened)."""
+        for name in ("local", "second", "nvram"):
+            device = getattr(self, name, None)
+            if device is not None:
+                device.close()
+
+    def _shutdown_executors(self, wait: bool) -> None:
+        for executor in self._executors:
+            executor.shutdown(wait=wait)
+        self._executors.clear()
 
     # -- console backend ------------------------------------------------------------
 

@@ -14,9 +14,11 @@ The board under test (see ``tools/sim/faulty.py``):
   in some cycles the local medium writes through instead;
 - each power-on picks a record policy (``--points``) and an NVRAM commit mode
   (group commit in a worker, or inline as on SPI FRAM);
-- the mirror's and group commit's worker threads are replaced by a seeded step
-  executor: their I/O interleaves with the host's at random but reproducible
-  points, so a seed replays a failure exactly.
+- the real ``Appliance`` runs on them through an injected ``Environment``: the
+  torture's clock, its NVRAM and media openers, and instead of worker threads a
+  seeded step executor for the mirror, group commit and local flushes, so their
+  I/O interleaves with the host's at random but reproducible points and a seed
+  replays a failure exactly.
 
 Where the power goes (``--phases`` to choose; cuts are counted by phase):
 
@@ -60,19 +62,21 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import firmware.app as app_module
 from firmware.app import Appliance, Settings
+from firmware.environment import Environment, open_profile_medium
 from firmware.mirror.mirror import Mirror, MirrorConfig, MirrorState
 from firmware.parsing import parse_size
 from firmware.record.policy import POINTS
 from firmware.volume.target import TargetError
 from firmware.volume.volume import Volume
-from hal.nvram.base import PowerLost
+from hal.media.base import Medium
+from hal.nvram import open_nvram
+from hal.nvram.base import Nvram, PowerLost
 from hal.nvram.file_fram import FileFram
 from tools.sim.faulty import Cut, IoEvent, MediumPowerLost, PowerRail, VolatileCacheMedium
 
@@ -334,39 +338,17 @@ def _quiet_about_power_cuts(loop: asyncio.AbstractEventLoop, context: dict[str, 
     loop.default_exception_handler(context)
 
 
-@contextlib.contextmanager
-def _nvram_opened_with(hook: Callable[[Any], None]) -> Iterator[None]:
-    """Let start-up's own NVRAM be armed for a cut before start-up writes to it.
-
-    ``Appliance.open_storage`` opens the NVRAM itself; wrapping the opener it uses
-    is the least intrusive way in (see the report: an injectable device would do).
-    """
-    real = app_module.open_nvram
-
-    def opener(spec: Any, **kwargs: Any) -> Any:
-        nvram = real(spec, **kwargs)
-        hook(nvram)
-        return nvram
-
-    app_module.open_nvram = opener
-    try:
-        yield
-    finally:
-        app_module.open_nvram = real
-
-
 class _Run:
     """What one power-on period needs: devices, mirror, volume, the cut plan."""
 
     def __init__(self, app: Appliance, rail: PowerRail, local: VolatileCacheMedium,
-                 second: VolatileCacheMedium, mirror: Mirror, volume: Volume,
-                 phase: str) -> None:
+                 second: VolatileCacheMedium, phase: str) -> None:
         self.app = app
         self.rail = rail
         self.local = local
         self.second = second
-        self.mirror = mirror
-        self.volume = volume
+        self.mirror: Mirror = app.mirror
+        self.volume: Volume = app.volume
         self.phase = phase
         self.fired: str | None = None
         self.boot_resync = True  # until the mirror first reaches ordered mode
@@ -415,13 +397,19 @@ class Torture:
             board.write_text(_PROFILE.format(nvram_size=max(4096, 128 + 2 * -(-nregions // 8)),
                                              sync=sync))
             self.boards[mode] = str(board)
+        # The appliance as `tandem run` builds it, less the frontends (the torture is its
+        # host) and the tidy task (the torture tidies at seeded points on its own clock).
         self.settings = Settings(
             board=self.boards["group-commit"], data_dir=str(scratch),
             size=cfg.volume_size, region_size=cfg.region_size,
             resync_budget=cfg.record_regions * cfg.region_size,
-            mirror_queue=cfg.mirror_queue, idle_evict_s=0.3)
+            mirror_queue=cfg.mirror_queue, idle_evict_s=0.3, tidy_interval_s=None,
+            serve_nbd=False, serve_console=False,
+            mirror_tuning=MirrorConfig(queue_limit_bytes=cfg.mirror_queue,
+                                       batch_bytes=256 << 10,
+                                       copy_chunk_bytes=4 * cfg.region_size,
+                                       retry_initial_s=0.0, retry_max_s=0.0))
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(StepExecutor(self.step_rng))
         loop.set_exception_handler(_quiet_about_power_cuts)
         started = time.monotonic()
         try:
@@ -480,7 +468,7 @@ class Torture:
         self._check_boot(cycle, app)
         if phase == "resync" and not app.record.dirty_regions():
             phase = "mirror"
-        run = self._start(app, phase)
+        run = await self._start(app, phase)
         try:
             await self._workload(cycle, run)
         finally:
@@ -490,18 +478,36 @@ class Torture:
 
     def _boot(self, first: bool, cut_after: int | None = None) -> Appliance | None:
         """Start-up through the appliance's own path; None if the armed cut came."""
-        app = Appliance(self.settings)
+        rail = self._rail = PowerRail()
+        cached = self.plan_rng.random() < 0.75
+        if self.cfg.local_cache != "mixed":
+            cached = self.cfg.local_cache == "on"
+        self._media: dict[str, VolatileCacheMedium] = {}
 
-        def arm(nvram: Any) -> None:
-            if cut_after is not None:
+        def nvram_opener(spec: Any) -> Nvram:
+            nvram = open_nvram(spec)
+            if cut_after is not None:  # start-up's own NVRAM writes may be cut
+                assert isinstance(nvram, FileFram)
                 nvram.arm_power_cut(cut_after)
+            return nvram
 
-        with _nvram_opened_with(arm):
-            try:
-                app.open_storage()
-            except PowerLost:
-                self._shutdown_devices(app)
-                return None
+        def medium_opener(role: str, spec: Any, default_size: int) -> Medium:
+            # Every medium keeps a volatile cache that the power cut settles; the local
+            # one writes through in some power-ons.
+            medium = self._media[role] = VolatileCacheMedium(
+                open_profile_medium(role, spec, default_size), rail=rail, name=role,
+                cache=cached or role != "local", rng=self.device_rng)
+            return medium
+
+        env = Environment(clock=lambda: self.now,
+                          executor=lambda name: StepExecutor(self.step_rng),
+                          open_nvram=nvram_opener, open_medium=medium_opener)
+        app = Appliance(self.settings, env)
+        try:
+            app.open_storage()
+        except PowerLost:
+            self._shutdown_devices(app)
+            return None
         if not first:
             self.report.boots += 1
         return app
@@ -545,43 +551,20 @@ class Torture:
         return [r for r in range(len(a) // region)
                 if a[r * region:(r + 1) * region] != b[r * region:(r + 1) * region]]
 
-    def _start(self, app: Appliance, phase: str) -> _Run:
-        cfg = self.cfg
-        rail = PowerRail()
-        fram: FileFram = app.nvram  # type: ignore[assignment]
+    async def _start(self, app: Appliance, phase: str) -> _Run:
+        rail = self._rail
+        fram = app.nvram
+        assert isinstance(fram, FileFram)
         rail.sense("nvram", lambda: fram.powered)
         rail.when_cut(lambda: fram.arm_power_cut(0))  # the FRAM goes down with the board
-        cached = self.plan_rng.random() < 0.75
-        if cfg.local_cache != "mixed":
-            cached = cfg.local_cache == "on"
-        local = VolatileCacheMedium(app.local, rail=rail, name="local", cache=cached,
-                                    rng=self.device_rng)
-        second = VolatileCacheMedium(app.second, rail=rail, name="second", cache=True,
-                                     rng=self.device_rng)
-        volume_ref: list[Volume] = []
-        mirror = Mirror(local, second, app.record,
-                        MirrorConfig(queue_limit_bytes=cfg.mirror_queue, batch_bytes=256 << 10,
-                                     copy_chunk_bytes=4 * cfg.region_size,
-                                     retry_initial_s=0.0, retry_max_s=0.0),
-                        on_progress=lambda: volume_ref[0].room_made() if volume_ref else None,
-                        clock=lambda: self.now)
-        mirror._executor.shutdown(wait=False)
-        mirror._executor = StepExecutor(self.step_rng)  # see the module's docstring
-        commits = app.commits
-        if not commits.inline:
-            commits._executor.shutdown(wait=False)
-            commits._executor = StepExecutor(self.step_rng)
-            commits.start()
-        volume = Volume(local, app.record, mirror, clock=lambda: self.now)
-        volume_ref.append(volume)
-        run = _Run(app, rail, local, second, mirror, volume, phase)
+        await app.start_storage()
+        run = _Run(app, rail, self._media["local"], self._media["second"], phase)
         rail.when_cut(run.cut_seen.set)
         rail.trip = self._trip_for(run)
         run.arm_round = self.plan_rng.randrange(0, 30)
         if phase == "nvram":
             run.nvram_arm_round = self.plan_rng.randrange(0, 40)
             run.nvram_cut_after = self.plan_rng.randrange(0, 48)
-        mirror.start()
         return run
 
     # -- when the power goes --------------------------------------------------------
@@ -589,7 +572,8 @@ class Torture:
     def _trip_for(self, run: _Run) -> Callable[[IoEvent], Cut | None]:
         rng = self.plan_rng
         phase = run.phase
-        fram: FileFram = run.app.nvram  # type: ignore[assignment]
+        fram = run.app.nvram
+        assert isinstance(fram, FileFram)
         state = {"armed": False, "countdown": rng.randrange(1, 400),
                  "fram_writes": fram.stats.write_calls}
 
@@ -641,12 +625,7 @@ class Torture:
         elif run.fired is None:
             run.fired = "nvram" if rail.cause and rail.cause.startswith("nvram") else "random"
         self._count_cut(run.fired)
-        await run.mirror.close()
-        committer = run.app.commits._task  # its close() would try to persist: no power
-        if committer is not None:
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
+        await run.app.halt()
         for medium in (run.local, run.second):
             medium.settle(self.device_rng.choice(("random", "random", "lose", "keep")),
                           self.device_rng)
@@ -662,10 +641,7 @@ class Torture:
         nvram = getattr(app, "nvram", None)
         if isinstance(nvram, FileFram):
             nvram.power_on()
-        for name in ("local", "second", "nvram"):
-            device = getattr(app, name, None)
-            if device is not None:
-                device.close()
+        app.close_devices()
 
     # -- the workload ---------------------------------------------------------------
 
@@ -675,7 +651,8 @@ class Torture:
             if not run.rail.on:
                 return
             if round_no == run.nvram_arm_round:
-                fram: FileFram = run.app.nvram  # type: ignore[assignment]
+                fram = run.app.nvram
+                assert isinstance(fram, FileFram)
                 fram.arm_power_cut(run.nvram_cut_after)
             if round_no == 0 or rng.random() < 0.01:
                 if round_no == 0 and rng.random() < 0.3:

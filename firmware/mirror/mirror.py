@@ -174,7 +174,10 @@ class Mirror:
     def __init__(self, local: Medium, second: Medium, record: Record,
                  config: MirrorConfig | None = None,
                  on_progress: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 executor: concurrent.futures.Executor | None = None) -> None:
+        """``executor`` runs the mirror's blocking I/O in the order it is handed over; the
+        caller's to shut down. None: the mirror starts and stops its own worker thread."""
         self.local = local
         self.second = second
         self.record = record
@@ -209,7 +212,9 @@ class Mirror:
         self.resync_sent_bytes = 0  # by region: what was actually written to the second medium
         self.resync_skipped_bytes = 0  # by region: found equal by digest, not sent
         self.overflows = 0
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tandem-mirror")
+        self._owns_executor = executor is None
+        self._executor: concurrent.futures.Executor = executor or ThreadPoolExecutor(
+            1, thread_name_prefix="tandem-mirror")
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         # Pipelining.
@@ -416,7 +421,8 @@ class Mirror:
                     await task
                 except asyncio.CancelledError:
                     pass
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
 
     def _enter_catch_up(self, why: str, known: bool = False) -> None:
         """``known``: every write the second medium misses has been noted (an overflow)."""

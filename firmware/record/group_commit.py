@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from firmware.record.store import NvramRecordStore
 
@@ -31,10 +31,15 @@ class GroupCommitStore:
     cache): persist each transaction at once on the event loop, where a worker
     thread's hand-off would cost more than the write."""
 
-    def __init__(self, inner: NvramRecordStore, *, inline: bool = False) -> None:
+    def __init__(self, inner: NvramRecordStore, *, inline: bool = False,
+                 executor: Executor | None = None) -> None:
+        """``executor`` (one job at a time) writes the transactions; the caller's to shut
+        down. None: the store starts and stops its own worker thread."""
         self.inner = inner
         self.inline = inline
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tandem-nvram")
+        self._owns_executor = executor is None
+        self._executor: Executor = executor or ThreadPoolExecutor(
+            1, thread_name_prefix="tandem-nvram")
         self._batch = 0  # number of the batch now being staged
         self._durable = 0  # every batch up to this one is in NVRAM
         self._pending: dict[int, int] = {}  # region → batch that added it
@@ -128,7 +133,21 @@ class GroupCommitStore:
             self._task = None
         if self._staged_any:
             self._persist_inline()
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
+
+    async def abandon(self) -> None:
+        """The power went: stop the worker without writing what is staged (there is no
+        NVRAM to write it to; what was not durable was not acknowledged either)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._owns_executor:
+            self._executor.shutdown(wait=False)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

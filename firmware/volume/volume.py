@@ -13,6 +13,7 @@ import errno
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 from firmware.mirror.mirror import Mirror
 from firmware.record.record import Record, RecordFull, WriteTicket
@@ -28,9 +29,12 @@ class Volume(TargetShape):
 
     def __init__(self, local: Medium, record: Record, mirror: Mirror, *,
                  read_only: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 io_executor: Executor | None = None) -> None:
+        """``io_executor`` runs the local medium's flushes (None: the loop's default)."""
         super().__init__(local.size, read_only)
         self.local = local
+        self._io_executor = io_executor
         self.record = record
         self.mirror = mirror
         self._clock = clock
@@ -88,7 +92,7 @@ class Volume(TargetShape):
             # The record first: on the simulated board it is a file that must not be
             # less durable than the data it describes.
             await self.record.flush()
-            await loop.run_in_executor(None, self.local.flush)
+            await loop.run_in_executor(self._io_executor, self.local.flush)
         except NvramError as exc:
             raise self._nvram_failed(exc) from exc
         except OSError as exc:

@@ -1,53 +1,21 @@
 """Media faults under the whole appliance: a host on NBD (libnbd), the console watching.
 
 The appliance runs in a thread with its own event loop (``Appliance.start``, NBD on
-a free port, no console socket); its media are wrapped in ``FaultyMedium`` between
-``open_storage`` and ``start``. The console is driven through its session core.
+a free port, no console socket); its environment opens its media wrapped in
+``FaultyMedium``. The console is driven through its session core.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import functools
-import json
-import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-import firmware.app as app_module
-from firmware.app import Appliance, Settings
-from firmware.console.commands import console_commands
-from firmware.console.grammar import ConsoleSession
-from firmware.mirror.mirror import MirrorConfig
-from tools.sim.faulty import FaultyMedium
+from tests.reliability.threaded import CAPACITY_REGIONS, REGION, ThreadedAppliance
 
 nbd = pytest.importorskip("nbd")
-
-MiB = 1 << 20
-REGION = 64 << 10
-SIZE = 16 * MiB
-CAPACITY_REGIONS = 8
-
-PROFILE = """\
-name = "faults"
-[nvram]
-kind = "file"
-path = "{data_dir}/nvram.bin"
-size = 8192
-sync = false
-[media.local]
-kind = "file"
-path = "{data_dir}/local.img"
-[media.second]
-kind = "file"
-path = "{data_dir}/second.img"
-"""
-
 
 def errno_of(error: Any) -> int:
     """libnbd names the errno ("EIO"); older bindings give the number."""
@@ -55,70 +23,9 @@ def errno_of(error: Any) -> int:
     return getattr(errno, value) if isinstance(value, str) else int(value)
 
 
-class ThreadedAppliance:
-    def __init__(self, tmp_path: Path) -> None:
-        board = tmp_path / "faults.toml"
-        board.write_text(PROFILE)
-        self.app = Appliance(Settings(
-            board=str(board), data_dir=str(tmp_path / "data"), size=SIZE, region_size=REGION,
-            resync_budget=CAPACITY_REGIONS * REGION, nbd_port=0, console_tcp="off",
-            console_pty=False, idle_evict_s=0.05, tidy_interval_s=0.05, quiet_evict_s=0.2))
-        self.app.open_storage()
-        self.local = FaultyMedium(self.app.local)
-        self.second = FaultyMedium(self.app.second)
-        self.app.local, self.app.second = self.local, self.second
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self.call(self.app.start())
-        self.uri = f"nbd://127.0.0.1:{self.app.nbd_server.port}/tandem"
-        self._console = ConsoleSession(console_commands(self.app))
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
-
-    def console(self, line: str) -> str:
-        async def ask() -> bytes:
-            return self._console.receive(line.encode() + b"\r\n")
-
-        return self.call(ask()).decode()
-
-    def status(self) -> dict[str, Any]:
-        return json.loads(self.console("status --json").splitlines()[0])
-
-    def wait_for(self, what: str, predicate: Callable[[dict[str, Any]], bool],
-                 limit_s: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + limit_s
-        while True:
-            status = self.status()
-            if predicate(status):
-                return status
-            if time.monotonic() > deadline:
-                raise AssertionError(f"never happened: {what}; status {status}")
-            time.sleep(0.02)
-
-    def media_equal(self) -> bool:
-        return self.local.inner.pread(0, SIZE) == self.second.inner.pread(0, SIZE)
-
-    def stop(self) -> None:
-        self.local.clear()
-        self.local.reappear()
-        self.second.clear()
-        self.second.reappear()
-        try:
-            self.call(self.app.stop())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
-
-
 @pytest.fixture
-def appliance(tmp_path, monkeypatch) -> Iterator[ThreadedAppliance]:
-    # Retry the second medium every few tens of milliseconds, not every 0.5..30 s.
-    monkeypatch.setattr(app_module, "MirrorConfig", functools.partial(
-        MirrorConfig, retry_initial_s=0.02, retry_max_s=0.1))
-    running = ThreadedAppliance(tmp_path)
+def appliance(tmp_path) -> Iterator[ThreadedAppliance]:
+    running = ThreadedAppliance(tmp_path, faulty=True)
     yield running
     running.stop()
 

@@ -113,7 +113,7 @@ async def capture(out: Path) -> None:
         await asyncio.to_thread(export.remove_storage_object)
     record = {
         "kernel": os.uname().release, "map_size": device.size, "mailbox": mailbox,
-        "cmdr_off": ring._ring_off, "cmdr_size": ring._ring_size,
+        "cmdr_off": ring.ring_offset, "cmdr_size": ring.ring_size,
         "batches": ring.batches,
     }
     out.write_text(json.dumps(record) + "\n")

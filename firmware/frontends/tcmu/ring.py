@@ -172,6 +172,15 @@ class CommandRing:
         return self._in_flight
 
     @property
+    def ring_offset(self) -> int:
+        """Where the command ring starts in the shared map (the mailbox's cmdr_off)."""
+        return self._ring_off
+
+    @property
+    def ring_size(self) -> int:
+        return self._ring_size
+
+    @property
     def tail(self) -> int:
         """Our cmd_tail: everything before it has been answered or skipped."""
         return self._tail
