@@ -35,6 +35,7 @@ from firmware.record.record import QUIET_EVICT_S, Record
 from firmware.record.store import NvramRecordStore
 from firmware.volume.volume import Volume
 from hal.media.base import Medium
+from hal.media.remote.medium import RemoteMedium
 from hal.media.sticky import StickyFailureMedium
 
 log = logging.getLogger("tandem")
@@ -126,10 +127,11 @@ class Appliance:
             # The connect decision says whether a receiver holds our data; an NBD
             # export may hold anything, so it counts as existing (full copy if in doubt).
             existed["second"] = s.remote.startswith("nbd")
+            # The link's I/O shares the appliance's loop when start-up runs on one.
             self.second: Medium = open_second_medium(
                 s.remote, size=self.local.size, data_dir=s.data_dir,
                 volume_created=not existed["local"], key_file=s.key_file, tls=s.tls,
-                tls_ca=s.tls_ca, rate_limit=s.rate_limit)
+                tls_ca=s.tls_ca, rate_limit=s.rate_limit, loop=_running_loop())
         else:
             self.second = env.open_medium("second", media_specs["second"], self.local.size)
         if self.second.size < self.local.size:
@@ -298,6 +300,8 @@ class Appliance:
             self.record.evict_clean()  # what is mirrored needs no resync at next start
         await self.commits.close()
         self._shutdown_executors(wait=True)
+        if isinstance(self.second, RemoteMedium):
+            await self.second.aclose()  # its link runs on this loop: goodbye, then close
         self.close_devices()
 
     async def halt(self) -> None:
@@ -366,6 +370,13 @@ class Appliance:
 
     def mirror_resume(self) -> None:
         self.mirror.resume()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _exists(spec: dict[str, Any]) -> bool:

@@ -7,6 +7,7 @@ decisions, so they live here and not in hal/media/.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -22,11 +23,13 @@ log = logging.getLogger("tandem.link")
 
 def open_remote(remote: str, *, size: int, key_file: str | None = None,
                 state: StateStore | None = None, tls_ca: str | None = None,
-                tls: bool = False, rate_limit: float | None = None) -> Medium:
+                tls: bool = False, rate_limit: float | None = None,
+                loop: asyncio.AbstractEventLoop | None = None) -> Medium:
     """The second medium named by `tandem run --remote`: ``HOST:PORT`` or an NBD URI.
 
     ``HOST:PORT`` is a `tandem receive` (needs ``key_file``; TLS if ``tls`` or
-    ``tls_ca``); ``nbd://``, ``nbds://``, ``nbd+unix://``... is any NBD export.
+    ``tls_ca``; its link runs on ``loop`` if given); ``nbd://``, ``nbds://``,
+    ``nbd+unix://``... is any NBD export.
     """
     if remote.startswith("nbd"):
         from hal.media.nbd import NbdMedium
@@ -47,12 +50,13 @@ def open_remote(remote: str, *, size: int, key_file: str | None = None,
     host, port = parse_host_port(remote)
     context = client_tls_context(tls_ca) if (tls or tls_ca) else None
     return RemoteMedium(host, port, key, size, state=state, tls=context,
-                        rate_limit=rate_limit)
+                        rate_limit=rate_limit, loop=loop)
 
 
 def open_second_medium(remote: str, *, size: int, data_dir: str, volume_created: bool,
                        key_file: str | None = None, tls: bool = False,
-                       tls_ca: str | None = None, rate_limit: float | None = None) -> Medium:
+                       tls_ca: str | None = None, rate_limit: float | None = None,
+                       loop: asyncio.AbstractEventLoop | None = None) -> Medium:
     """The second medium of `tandem run --remote`, with the link state kept across restarts.
 
     A `tandem receive` knows this volume by the uuid and generations in
@@ -69,4 +73,4 @@ def open_second_medium(remote: str, *, size: int, data_dir: str, volume_created:
         store.load()  # a damaged file stops the start-up here, not at the first connect
         state = store
     return open_remote(remote, size=size, key_file=key_file, state=state, tls=tls,
-                       tls_ca=tls_ca, rate_limit=rate_limit)
+                       tls_ca=tls_ca, rate_limit=rate_limit, loop=loop)

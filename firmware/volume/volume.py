@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from firmware.mirror.mirror import Mirror
 from firmware.record.record import Record, RecordFull, WriteTicket
 from firmware.volume.target import TargetError, TargetShape
-from hal.media.base import Medium
+from hal.media.base import Medium, blocks_the_caller
 from hal.nvram.base import NvramError
 
 log = logging.getLogger("tandem.volume")
@@ -31,10 +32,16 @@ class Volume(TargetShape):
                  read_only: bool = False,
                  clock: Callable[[], float] = time.monotonic,
                  io_executor: Executor | None = None) -> None:
-        """``io_executor`` runs the local medium's flushes (None: the loop's default)."""
+        """``io_executor`` runs the local medium's flushes and, for a medium that blocks
+        its caller (O_DIRECT, block devices), its reads and writes too. It must run its
+        jobs one at a time, in order; None: a worker thread of the volume's own."""
         super().__init__(local.size, read_only)
         self.local = local
-        self._io_executor = io_executor
+        self._io_executor = io_executor or ThreadPoolExecutor(
+            1, thread_name_prefix="tandem-local")
+        # A page-cache write costs less than the hand-off to a thread: those stay inline.
+        self._inline_io = not blocks_the_caller(local)
+        self._turn: asyncio.Future[None] | None = None  # the last write handed to the worker
         self.record = record
         self.mirror = mirror
         self._clock = clock
@@ -51,7 +58,10 @@ class Volume(TargetShape):
     async def read(self, offset: int, length: int) -> bytes:
         self.check_range(offset, length)
         try:
-            return self.local.pread(offset, length)
+            if self._inline_io:
+                return self.local.pread(offset, length)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._io_executor, self.local.pread, offset, length)
         except OSError as exc:
             self.local_errors += 1
             log.error("local medium read failed: %s", exc)
@@ -60,12 +70,17 @@ class Volume(TargetShape):
     async def write(self, offset: int, data: bytes, fua: bool = False) -> None:
         self.check_writable(offset, len(data))
         ticket = await self._begin(offset, len(data))
-        try:
-            self.local.pwrite(offset, data)
-        except OSError as exc:
-            self._local_write_failed(ticket, exc)
-        self.mirror.submit_write(ticket.seq, offset, data)
-        self._end(ticket)
+        if self._inline_io:
+            try:
+                self.local.pwrite(offset, data)
+            except OSError as exc:
+                self._local_write_failed(ticket, exc)
+            self.mirror.submit_write(ticket.seq, offset, data)
+            self._end(ticket)
+        else:
+            await asyncio.shield(self._through_worker(
+                ticket, functools.partial(self.local.pwrite, offset, data),
+                functools.partial(self.mirror.submit_write, ticket.seq, offset, data)))
         if fua:
             await self.flush()
 
@@ -73,12 +88,18 @@ class Volume(TargetShape):
                            may_trim: bool = True) -> None:
         self.check_writable(offset, length)
         ticket = await self._begin(offset, length)
-        try:
-            self.local.write_zeroes(offset, length, punch=may_trim)
-        except OSError as exc:
-            self._local_write_failed(ticket, exc)
-        self.mirror.submit_zeroes(ticket.seq, offset, length, punch=may_trim)
-        self._end(ticket)
+        if self._inline_io:
+            try:
+                self.local.write_zeroes(offset, length, punch=may_trim)
+            except OSError as exc:
+                self._local_write_failed(ticket, exc)
+            self.mirror.submit_zeroes(ticket.seq, offset, length, punch=may_trim)
+            self._end(ticket)
+        else:
+            await asyncio.shield(self._through_worker(
+                ticket, functools.partial(self.local.write_zeroes, offset, length, may_trim),
+                functools.partial(self.mirror.submit_zeroes, ticket.seq, offset, length,
+                                  punch=may_trim)))
         if fua:
             await self.flush()
 
@@ -101,6 +122,34 @@ class Volume(TargetShape):
             raise TargetError(errno.EIO, f"local medium flush: {exc}") from exc
 
     # -- internals ------------------------------------------------------------------
+
+    async def _through_worker(self, ticket: WriteTicket, write: Callable[[], None],
+                              submit: Callable[[], None]) -> None:
+        """A local write on the I/O worker, then its hand-off to the mirror.
+
+        The mirror must get overlapping writes in the order the local medium applied
+        them, or the two media would keep different winners of a race: each write waits
+        for the one handed to the worker before it to reach the mirror first. Shielded by
+        the caller: once the data may be on the medium, the mirror gets it and the ticket
+        ends, whatever happens to the request that asked.
+        """
+        loop = asyncio.get_running_loop()
+        before, mine = self._turn, loop.create_future()
+        self._turn = mine
+        try:
+            error: OSError | None = None
+            try:
+                await loop.run_in_executor(self._io_executor, write)
+            except OSError as exc:
+                error = exc
+            if before is not None:
+                await before
+            if error is not None:
+                self._local_write_failed(ticket, error)
+            submit()
+            self._end(ticket)
+        finally:
+            mine.set_result(None)
 
     async def _begin(self, offset: int, length: int) -> WriteTicket:
         while True:

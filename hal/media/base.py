@@ -42,3 +42,10 @@ class Medium(Protocol):
     def close(self) -> None:
         """Release the medium."""
         ...
+
+
+def blocks_the_caller(medium: object) -> bool:
+    """Whether a medium's pread/pwrite wait on a device (``blocking``: O_DIRECT, a block
+    device), so that the volume runs them on its I/O worker rather than on the event
+    loop. A medium that does not say is taken as page-cache fast (images, doubles)."""
+    return bool(getattr(medium, "blocking", False))

@@ -84,6 +84,11 @@ class FileMedium:
     def name(self) -> str:
         return self._path
 
+    @property
+    def blocking(self) -> bool:
+        """pread/pwrite wait for the device (O_DIRECT, or a block device's own I/O)."""
+        return self._o_direct or self._is_block
+
     def fileno(self) -> int:
         return self._fd
 

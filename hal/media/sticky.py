@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 
-from hal.media.base import Medium, MediumError
+from hal.media.base import Medium, MediumError, blocks_the_caller
 
 _GONE = frozenset({errno.ENODEV, errno.ENXIO, errno.ENOMEDIUM})
 
@@ -42,6 +42,10 @@ class StickyFailureMedium:
     @property
     def name(self) -> str:
         return self.inner.name
+
+    @property
+    def blocking(self) -> bool:
+        return blocks_the_caller(self.inner)
 
     def pread(self, offset: int, length: int) -> bytes:
         return self.inner.pread(offset, length)

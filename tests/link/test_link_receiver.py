@@ -482,3 +482,32 @@ def test_pipelined_epochs_and_a_lost_one_is_reported_to_the_next_write(receiver,
     m.flush()
     assert open(image, "rb").read(11) == b"after reset"
     m.close()
+
+
+def test_a_medium_on_the_appliance_loop_starts_no_thread_of_its_own(receiver, image):
+    """What `tandem run --remote` does: the link's I/O on the appliance's loop, the
+    blocking calls from a worker (the mirror's), the goodbye from the loop."""
+    import asyncio
+    import concurrent.futures
+
+    async def appliance_side() -> bytes:
+        loop = asyncio.get_running_loop()
+        before = {t.name for t in threading.enumerate()}
+        m = remote(receiver.port, loop=loop)
+        worker = concurrent.futures.ThreadPoolExecutor(1)
+        try:
+            await loop.run_in_executor(worker, m.pwrite, 4096, b"on the loop")
+            await loop.run_in_executor(worker, m.flush)
+            back = await loop.run_in_executor(worker, m.pread, 4096, 11)
+            new_threads = {t.name for t in threading.enumerate()} - before
+            assert not any(name.startswith("link ") for name in new_threads)
+            assert m.status()["acked_epochs"] == 1
+        finally:
+            await m.aclose()
+            worker.shutdown()
+        return back
+
+    assert asyncio.run(appliance_side()) == b"on the loop"
+    with open(image, "rb") as f:
+        f.seek(4096)
+        assert f.read(11) == b"on the loop"

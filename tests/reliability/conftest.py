@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +68,8 @@ class Rig:
 
 
 def make_rig(tmp_path: Path, *, local: Medium | None = None, second: Medium | None = None,
-             capacity: int = 16, queue: int = 1 << 20, idle_evict_s: float | None = None
-             ) -> Rig:
+             capacity: int = 16, queue: int = 1 << 20, idle_evict_s: float | None = None,
+             io_executor: Executor | None = None) -> Rig:
     path = tmp_path / "nvram.bin"
     nvram = FileFram(path, 4096, sync=False)
     store = NvramRecordStore(nvram)
@@ -83,7 +84,7 @@ def make_rig(tmp_path: Path, *, local: Medium | None = None, second: Medium | No
                     MirrorConfig(queue_limit_bytes=queue, retry_initial_s=0.01,
                                  retry_max_s=0.05),
                     on_progress=lambda: holder[0].room_made() if holder else None)
-    volume = Volume(local, record, mirror)
+    volume = Volume(local, record, mirror, io_executor=io_executor)
     holder.append(volume)
     return Rig(path, nvram, record, local, second, mirror, volume)
 

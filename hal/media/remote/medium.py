@@ -24,8 +24,12 @@ session after an earlier one was lost (the remote stays a prefix of the local
 history). ``sessions`` counts successful connects; a caller that must act on
 each new session's Handshake (full sync, resync) compares it between runs.
 
-The link runs on a private asyncio loop in a daemon thread; callers never
-touch sockets. Outgoing frames queue up to ``max_queued`` bytes (then pwrite
+The link's I/O runs on an asyncio loop: the appliance's own (``loop=``), or,
+for a medium used without one (tests, tools), a private loop in a daemon
+thread. Callers never touch sockets. The Medium calls block, so they must come
+from another thread than the loop's (the mirror's worker); that is why a lock
+and a condition remain: they guard what the caller's thread and the loop share.
+Outgoing frames queue up to ``max_queued`` bytes (then pwrite
 blocks: back-pressure) and leave at most ``rate_limit`` bytes/s.
 """
 
@@ -116,7 +120,8 @@ class RemoteMedium:
                  server_hostname: str | None = None, rate_limit: float | None = None,
                  timeout: float = 30.0, connect_timeout: float = 10.0,
                  max_queued: int = 32 * 1024 * 1024,
-                 on_connect: Callable[[Handshake], None] | None = None) -> None:
+                 on_connect: Callable[[Handshake], None] | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Nothing connects until the first call (or connect()).
 
         ``state``: where the appliance keeps its volume uuid and generations — pass a
@@ -126,6 +131,8 @@ class RemoteMedium:
         ``timeout``: seconds without any progress on the link before it counts as dead.
         ``on_connect``: told each new session's Handshake (its decision: full sync,
         resync...) from inside the call that connected; it must not call the medium.
+        ``loop``: the running loop the link's I/O is to share (close with ``aclose()``
+        there); None: a private loop in a thread of its own.
         """
         if not key:
             raise ValueError("empty link key")
@@ -152,10 +159,14 @@ class RemoteMedium:
         self.last_ack: float | None = None  # time.monotonic() of the last durable epoch
         self.bytes_sent = 0  # on the wire, every session (frames, headers included)
         self.bytes_received = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name=f"link {host}:{port}")
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if loop is not None:
+            self._loop = loop
+        else:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                            name=f"link {host}:{port}")
+            self._thread.start()
 
     # --- Medium ---------------------------------------------------------------------------
 
@@ -267,12 +278,17 @@ class RemoteMedium:
         return b"".join(self._wait(link, f).data for f in futures)
 
     def close(self) -> None:
+        """Say goodbye (up to 2 s for the queue to drain) and close, from a caller's thread.
+
+        On a shared loop, call ``aclose()`` from the loop instead; ``close()`` there only
+        aborts the link (the loop cannot wait for itself)."""
+        on_loop = self._on_loop_thread()
         with self._ops:
             if self._closed:
                 return
             self._closed = True
             link, self._link = self._link, None
-            if link is not None and link.failure is None:
+            if link is not None and link.failure is None and not on_loop:
                 with self._cond:
                     link.machine.bye("closed by the appliance")
                     self._enqueue(link)
@@ -280,10 +296,39 @@ class RemoteMedium:
                     while link.queued and link.failure is None and time.monotonic() < deadline:
                         self._cond.wait(0.1)
             if link is not None:
-                asyncio.run_coroutine_threadsafe(self._close_link(link), self._loop).result()
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+                if on_loop:
+                    self._abort(link)
+                else:
+                    asyncio.run_coroutine_threadsafe(self._close_link(link),
+                                                     self._loop).result()
+            if self._thread is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join()
+                self._loop.close()
+
+    async def aclose(self) -> None:
+        """``close()`` from the loop the link runs on: goodbye, drain (2 s at most), close."""
+        with self._ops:
+            if self._closed:
+                return
+            self._closed = True
+            link, self._link = self._link, None
+        if link is None:
+            return
+        if link.failure is None:
+            with self._cond:
+                link.machine.bye("closed by the appliance")
+                self._enqueue(link)
+            deadline = time.monotonic() + 2.0
+            while link.queued and link.failure is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        await self._close_link(link)
+
+    def _on_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     # --- beyond the Medium protocol: resync, verify, status ---------------------------------
 
