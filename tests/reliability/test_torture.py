@@ -12,6 +12,7 @@ import pytest
 
 from firmware.cli import main as tandem
 from firmware.mirror.mirror import Mirror
+from firmware.record.record import Record, WriteTicket
 from firmware.record.store import NvramRecordStore
 from firmware.volume.volume import Volume
 from tools.torture import (
@@ -132,6 +133,17 @@ def test_oracle_catches_a_record_that_forgets_new_regions(monkeypatch) -> None:
     monkeypatch.setattr(NvramRecordStore, "commit", commit_evictions_only)
     report = _mutant_finds(monkeypatch, cuts=200)
     assert report.unrecorded_regions > 0 or report.divergent_regions > 0
+
+
+def test_oracle_catches_a_write_that_does_not_wait_for_its_record(monkeypatch) -> None:
+    # The write-ahead broken where only the group-commit worker can show it: the data
+    # goes to the medium while the record transaction naming its region is still staged.
+    async def durable_at_once(self: Record, ticket: WriteTicket) -> None:
+        ticket.transaction = 0
+
+    monkeypatch.setattr(Record, "durable", durable_at_once)
+    report = _mutant_finds(monkeypatch, cuts=300, commit_modes=("group-commit",))
+    assert report.unrecorded_regions > 0
 
 
 def test_oracle_catches_a_mirror_that_trusts_the_local_cache(monkeypatch) -> None:
