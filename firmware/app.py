@@ -51,6 +51,9 @@ class Settings:
     nbd_port: int = 10809
     export: str = "tandem"
     console_tcp: str | None = None  # None: the profile's; "" or "off": none
+    # The board's media paths, overridden (two appliances of a pair share one D and M).
+    local_path: str | None = None
+    second_path: str | None = None
     console_pty: bool | None = None
     mirror_queue: int = 64 << 20
     idle_evict_s: float | None = 2.0
@@ -97,6 +100,9 @@ class Appliance:
         self.settings = settings
         self.env = env or Environment()
         self.profile = load_profile(settings.board, data_dir=settings.data_dir)
+        for role, path in (("local", settings.local_path), ("second", settings.second_path)):
+            if path is not None:
+                self.profile["media"][role]["path"] = path
         self.started_at = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._executors: list[concurrent.futures.Executor] = []
@@ -425,12 +431,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--region-size", type=parse_size, help="record region size (default 64K)")
     p.add_argument("--resync-budget", type=parse_size,
                    help="most bytes the record may name while the mirror is healthy")
-    p.add_argument("--nbd", default=("127.0.0.1", 10809), metavar="HOST:PORT",
+    p.add_argument("--nbd", default=("127.0.0.1", 10809), metavar="[HOST:]PORT",
                    type=lambda text: parse_host_port(text, default_host="127.0.0.1"),
-                   help="NBD listen address")
+                   help="NBD listen address (default 127.0.0.1:10809)")
     p.add_argument("--export", default="tandem", help="NBD export name")
-    p.add_argument("--console-tcp", default=None,
-                   help="console TCP address HOST:PORT, or 'off' (default: the board's)")
+    p.add_argument("--console-tcp", "--console", default=None, dest="console_tcp",
+                   metavar="[HOST:]PORT",
+                   help="console TCP address, or 'off' (default: the board's)")
+    p.add_argument("--local", metavar="PATH", dest="local_path",
+                   help="the local medium instead of the board's (a pair shares one)")
+    p.add_argument("--second", metavar="PATH", dest="second_path",
+                   help="the second medium instead of the board's")
     p.add_argument("--no-console-pty", action="store_true", help="no console pty on sim")
     p.add_argument("--mirror-queue", type=parse_size, default=64 << 20,
                    help="bytes of writes queued for the mirror before it copies by region")
@@ -474,6 +485,7 @@ def _run(args: argparse.Namespace) -> int:
         region_size=args.region_size, resync_budget=args.resync_budget,
         nbd_host=nbd_host, nbd_port=nbd_port, export=args.export,
         console_tcp=args.console_tcp, console_pty=False if args.no_console_pty else None,
+        local_path=args.local_path, second_path=args.second_path,
         mirror_queue=args.mirror_queue,
         idle_evict_s=None if args.idle_evict < 0 else args.idle_evict, point=args.point,
         read_only=args.read_only, tcmu=args.tcmu, tcm_loop=args.tcm_loop,

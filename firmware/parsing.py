@@ -36,11 +36,15 @@ def parse_size(text: str | int) -> int:
 
 
 def parse_host_port(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    """HOST:PORT or [IPv6]:PORT → (host, port); an empty host is ``default_host``.
+    """HOST:PORT or [IPv6]:PORT → (host, port); an empty or absent host (``:PORT``,
+    ``PORT``) is ``default_host``.
 
     Port 0 is accepted: a listening side then picks a free port.
     """
-    host, sep, port = text.strip().rpartition(":")
+    text = text.strip()
+    if text.isdigit():
+        text = ":" + text
+    host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise SyntaxValueError(f"expected HOST:PORT, got {text!r}")
     if host.startswith("[") and host.endswith("]"):

@@ -25,7 +25,7 @@ def test_bad_sizes_are_refused_with_the_value(text):
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("127.0.0.1:3260", ("127.0.0.1", 3260)), ("[::1]:3261", ("::1", 3261)),
-    (":7789", ("0.0.0.0", 7789)), ("site-b:0", ("site-b", 0)),
+    (":7789", ("0.0.0.0", 7789)), ("site-b:0", ("site-b", 0)), ("10900", ("0.0.0.0", 10900)),
 ])
 def test_addresses(text, expected):
     assert parse_host_port(text) == expected
@@ -47,3 +47,13 @@ def test_run_and_receive_accept_the_same_sizes():
     assert run.nbd == ("127.0.0.1", 10900)
     receive = parser.parse_args(["receive", "--medium", "m.img", "--size", "1.5G"])
     assert receive.size == 3 << 29
+
+
+def test_two_appliances_on_one_machine_take_ports_and_share_media():
+    parser = argparse.ArgumentParser()
+    register_run(parser.add_subparsers())
+    args = parser.parse_args(["run", "--nbd", "10911", "--console", "10912",
+                              "--local", "/srv/d.img", "--second", "/srv/m.img"])
+    assert args.nbd == ("127.0.0.1", 10911)
+    assert (args.console_tcp, args.local_path, args.second_path) == (
+        "10912", "/srv/d.img", "/srv/m.img")

@@ -52,3 +52,20 @@ def test_two_appliances_in_one_loop_serve_their_own_volumes(pair):
     finally:
         for host in hosts:
             host.shutdown()
+
+
+def test_the_media_paths_can_be_given_instead_of_the_boards(tmp_path):
+    from firmware.app import Appliance, Settings
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    names = []
+    for node in ("a", "b"):
+        app = Appliance(Settings(data_dir=str(tmp_path / node), size=16 << 20,
+                                 local_path=str(shared / "d.img"),
+                                 second_path=str(shared / "m.img")))
+        app.open_storage()
+        names.append((app.local.name, app.second.name))
+        assert (tmp_path / node / "nvram.bin").exists()  # the FRAM stays per appliance
+        app.close_devices()
+    assert names == [(str(shared / "d.img"), str(shared / "m.img"))] * 2
