@@ -7,4 +7,6 @@ None of this is installed on an appliance (firmware/ and hal/ never import it):
 - ``media``: in-RAM media; ``faulty``: media that fail, tear and lose their volatile
   cache on a power cut, driven by one simulated power rail.
 - ``memory_target``: an in-RAM block target for frontend tests and protocol fuzzing.
+- ``fault_proxy``: links that fail on purpose (a TCP proxy that blackholes or cuts each
+  direction, a pty null-modem cable with line noise), for the pair's tests.
 """
