@@ -564,9 +564,8 @@ class Torture:
                                      copy_chunk_bytes=4 * cfg.region_size,
                                      retry_initial_s=0.0, retry_max_s=0.0),
                         on_progress=lambda: volume_ref[0].room_made() if volume_ref else None,
-                        clock=lambda: self.now)
-        mirror._executor.shutdown(wait=False)
-        mirror._executor = StepExecutor(self.step_rng)  # see the module's docstring
+                        clock=lambda: self.now,
+                        executor=StepExecutor(self.step_rng))  # see the module's docstring
         commits = app.commits
         if not commits.inline:
             commits._executor.shutdown(wait=False)

@@ -43,8 +43,9 @@ remote is consistent and holds this appliance's generation); each new session's
 decision is acted on (full sync → sweep; resync → catch-up; refused → degraded
 with the explanation as the error).
 
-Medium I/O runs in one worker thread so the second medium's writes overlap the
-host's on the other core; all bookkeeping happens on the event loop thread.
+Medium I/O runs in one worker thread (or the executor the caller gives) so the
+second medium's writes overlap the host's on the other core; all bookkeeping
+happens on the event loop thread.
 """
 
 from __future__ import annotations
@@ -174,7 +175,10 @@ class Mirror:
     def __init__(self, local: Medium, second: Medium, record: Record,
                  config: MirrorConfig | None = None,
                  on_progress: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 executor: concurrent.futures.Executor | None = None) -> None:
+        """``executor``: where medium I/O runs (the caller's, which it shuts down itself);
+        by default one worker thread of the mirror's own."""
         self.local = local
         self.second = second
         self.record = record
@@ -209,7 +213,9 @@ class Mirror:
         self.resync_sent_bytes = 0  # by region: what was actually written to the second medium
         self.resync_skipped_bytes = 0  # by region: found equal by digest, not sent
         self.overflows = 0
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="tandem-mirror")
+        self._own_executor = executor is None
+        self._executor: concurrent.futures.Executor = executor or ThreadPoolExecutor(
+            1, thread_name_prefix="tandem-mirror")
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         # Pipelining.
@@ -416,7 +422,8 @@ class Mirror:
                     await task
                 except asyncio.CancelledError:
                     pass
-        self._executor.shutdown(wait=True)
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
 
     def _enter_catch_up(self, why: str, known: bool = False) -> None:
         """``known``: every write the second medium misses has been noted (an overflow)."""

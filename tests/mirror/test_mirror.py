@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from firmware.mirror.mirror import Mirror, MirrorConfig, MirrorState
@@ -194,3 +195,31 @@ def test_catch_up_ends_while_the_host_keeps_writing(tmp_path: Path) -> None:
         await mirror.close()
 
     asyncio.run(main())
+
+
+def test_a_given_executor_does_the_io_and_is_left_running(tmp_path: Path) -> None:
+    class Counting(ThreadPoolExecutor):
+        jobs = 0
+
+        def submit(self, fn, /, *args, **kwargs):  # noqa: ANN001, ANN202, ANN003, ANN002
+            Counting.jobs += 1
+            return super().submit(fn, *args, **kwargs)
+
+    async def main() -> None:
+        local = FileMedium(str(tmp_path / "local.img"), SIZE, create=True)
+        second = FileMedium(str(tmp_path / "second.img"), SIZE, create=True)
+        geometry = Geometry(SIZE, REGION)
+        record = Record(geometry, NullRecordStore(geometry), capacity_regions=256)
+        executor = Counting(1)
+        mirror = Mirror(local, second, record, executor=executor)
+        volume = Volume(local, record, mirror)
+        mirror.start()
+        await volume.write(0, b"a" * 4096)
+        await mirror.drained()
+        await mirror.close()
+        assert Counting.jobs > 0 and media_equal(local, second)
+        assert executor.submit(lambda: 7).result() == 7  # the caller shuts it down
+        executor.shutdown()
+
+    asyncio.run(main())
+
