@@ -653,8 +653,6 @@ class Mirror:
         loop = asyncio.get_running_loop()
         try:
             future = await loop.run_in_executor(self._executor, self._write_batch, batch)
-            if future is None:  # a variant that flushed the second medium itself
-                future = _done()
         finally:
             self._batch_bytes = 0
             self._batch_oldest = None
@@ -668,7 +666,7 @@ class Mirror:
                            oldest=batch[0].queued_at, handover=handover))
         self._retire_done()
 
-    def _write_batch(self, batch: list[_Op]) -> concurrent.futures.Future[Any] | None:
+    def _write_batch(self, batch: list[_Op]) -> concurrent.futures.Future[Any]:
         second = self.second
         for op in batch:
             if op.data is not None:
@@ -725,7 +723,6 @@ class Mirror:
             await loop.run_in_executor(self._executor, second.begin_resync)
             self._resync_marked = True
         checksums = self._checksums_now()
-        shift = record.region_shift
         chunks, self._pass_remaining = self._chunks(work)
         try:
             for index, chunk in enumerate(chunks):
@@ -745,8 +742,7 @@ class Mirror:
                 written = self._written
                 self._in_copy = {} if written is None else {
                     region: written.pop(region) for region in chunk if region in written}
-                run = await loop.run_in_executor(self._executor, job)
-                future, sent = run if run is not None else (_done(), len(chunk) << shift)
+                future, sent = await loop.run_in_executor(self._executor, job)
                 if self._session_changed():
                     raise _NewSession()
                 planned = sum(self._copy_bytes(region, self._in_copy) for region in chunk)
@@ -859,12 +855,8 @@ class Mirror:
 
     def _copy_regions(self, regions: list[int], checksums: bool = False,
                       following: list[int] | None = None
-                      ) -> tuple[concurrent.futures.Future[Any], int] | None:
-        """(worker) Copy regions to the second medium; the run's future and bytes sent.
-
-        (None, from a variant that flushes the second medium itself, means a run already
-        durable; the torture tests plant such variants.)
-        """
+                      ) -> tuple[concurrent.futures.Future[Any], int]:
+        """(worker) Copy regions to the second medium; the run's future and bytes sent."""
         second = self.second
         block = self.config.checksum_block_bytes
         if following:
