@@ -36,12 +36,9 @@ round trip and the receiver's commit, little enough that a congested link
 shows up as a growing queue, which past ``queue_limit_bytes`` switches to
 catch-up instead of stalling the hosts (their writes never wait for the link).
 
-A second medium with link sessions (``LinkedMedium``: `RemoteMedium`) is told
-when a resync starts (``begin_resync``: the remote copy is marked inconsistent,
-its before-resync hook runs) and when it is complete (``end_resync``: the
-remote is consistent and holds this appliance's generation); each new session's
-decision is acted on (full sync → sweep; resync → catch-up; refused → degraded
-with the explanation as the error).
+The second medium's optional capabilities (pipelined runs, digests computed at
+the far end, a connection, link sessions with their resync marks) are declared
+in ``second.py`` and looked up once, when the mirror is built.
 
 Medium I/O runs in one worker thread (or the executor the caller gives) so the
 second medium's writes overlap the host's on the other core; all bookkeeping
@@ -60,15 +57,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
+from firmware.mirror.second import (
+    Capabilities,
+    SecondMedium,
+    SessionHandshake,
+    block_digests,
+    differing_runs,
+)
 from firmware.record.record import Record, RecordFull
 from hal.media.base import Medium
 from hal.media.sticky import MediumFailed
 
 log = logging.getLogger("tandem.mirror")
 
-DIGEST_ALG = "blake2b-128"
 # The unit of the blocks written since the mirror pulled ahead (the bitmap granularity
 # of DRBD's, and the page size of the hosts' file systems).
 WRITTEN_BLOCK = 4096
@@ -78,25 +81,6 @@ class MirrorState(enum.Enum):
     ORDERED = "ordered"
     CATCH_UP = "catch-up"
     DEGRADED = "degraded"
-
-
-@runtime_checkable
-class LinkedMedium(Protocol):
-    """A second medium at a remote site that knows sessions and sync state (RemoteMedium)."""
-
-    sessions: int
-
-    def connect(self) -> Any:
-        """Connect if not connected; the session's handshake (decision, remote state)."""
-        ...
-
-    def begin_resync(self) -> Any:
-        """Mark the remote inconsistent (runs its before-resync hook)."""
-        ...
-
-    def end_resync(self) -> Any:
-        """The remote is complete: consistent, holding our generation."""
-        ...
 
 
 @dataclass(slots=True)
@@ -181,6 +165,7 @@ class Mirror:
         by default one worker thread of the mirror's own."""
         self.local = local
         self.second = second
+        self._second = SecondMedium(second)  # its capabilities, resolved once
         self.record = record
         self.config = config or MirrorConfig()
         self._on_progress = on_progress or (lambda: None)
@@ -229,7 +214,6 @@ class Mirror:
         self._handover = False  # end_resync due before the next ordered run
         self._handover_op: _Op | None = None  # ...once the run holding this write is durable
         self._sweep: set[int] = set()  # regions to copy that the record does not name
-        self._prefetch: dict[tuple[int, int], concurrent.futures.Future[list[bytes]]] = {}
         self._last_probe = float("-inf")
         # Online verify.
         self.verify_report = VerifyReport()
@@ -297,6 +281,11 @@ class Mirror:
         self._handover_op = None
         self._queue.clear()
         self._queued_bytes = 0
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the second medium can do beyond a Medium (looked up once, at start)."""
+        return self._second.capabilities
 
     # -- operator controls ----------------------------------------------------------
 
@@ -375,10 +364,8 @@ class Mirror:
             "resync_checksums": self._checksums_now() if self.state is not MirrorState.ORDERED
             else None,
         }
-        link_status = getattr(self.second, "status", None)
-        if callable(link_status):
-            for key, value in link_status().items():
-                out[f"link_{key}"] = value
+        for key, value in self._second.status().items():
+            out[f"link_{key}"] = value
         v = self.verify_report
         out.update({
             "verify_state": v.state,
@@ -398,9 +385,9 @@ class Mirror:
             await self._idle.wait()
 
     def _is_drained(self) -> bool:
-        second = self.second
-        if isinstance(second, LinkedMedium) and not (
-                self._session == second.sessions and getattr(second, "connected", True)):
+        linked = self._second.linked
+        if linked is not None and not (self._session == linked.sessions
+                                       and self._second.connected):
             return False  # what the remote holds is known only in a session acted on
         return (self.state is MirrorState.ORDERED and not self._queue and not self._batch_bytes
                 and not self._inflight and not self._handover and not self._sweep
@@ -471,12 +458,10 @@ class Mirror:
         self.last_error = message
         self._batch_bytes = 0
         self._batch_oldest = None
-        self._prefetch.clear()
+        self._second.forget_ahead()
         # Everything unacknowledged is written off (its regions stay in the record), so
         # the medium need not report that loss again to the next run.
-        reset = getattr(self.second, "reset", None)
-        if callable(reset):
-            reset()
+        self._second.reset()
         # Hosts keep writing: the record may now exceed its budget (it covers the volume).
         self.record.enforce_capacity = False
         self._written = None  # what the second medium lost is not known
@@ -487,14 +472,6 @@ class Mirror:
         self._on_progress()  # writers waiting for room may go on now
 
     # -- in-flight runs -------------------------------------------------------------
-
-    def _close_run(self) -> concurrent.futures.Future[Any]:
-        """(worker) End a run: a future for its durability on the second medium."""
-        start = getattr(self.second, "flush_async", None)
-        if callable(start):
-            return start()
-        self.second.flush()
-        return _done()
 
     def _track(self, epoch: _Epoch) -> None:
         self._inflight.append(epoch)
@@ -559,23 +536,24 @@ class Mirror:
 
     async def _ensure_session(self) -> None:
         """Connect the second medium if it connects; act on a new link session's decision."""
-        second = self.second
-        connect = getattr(second, "connect", None)
-        if not callable(connect):
+        second = self._second
+        if not second.capabilities.connects:
             return
         loop = asyncio.get_running_loop()
-        handshake = await loop.run_in_executor(self._executor, connect)
+        handshake = await loop.run_in_executor(self._executor, second.connect)
         self._last_probe = self._clock()
-        if not isinstance(second, LinkedMedium) or second.sessions == self._session:
+        linked = second.linked
+        if linked is None or handshake is None or linked.sessions == self._session:
             return
-        self._session = second.sessions
-        decision = getattr(handshake, "decision", None)
-        value = getattr(decision, "value", None)
+        self._session = linked.sessions
+        self._act_on(handshake)
+
+    def _act_on(self, handshake: SessionHandshake) -> None:
+        value = handshake.decision.value
         self.decision = value
-        remote = getattr(handshake, "remote", None)
-        self._resync_marked = not getattr(remote, "consistent", False)
-        log.info("mirror: link session %d: %s", self._session,
-                 getattr(handshake, "explanation", value))
+        # generations.decide() says in-sync only of a consistent remote.
+        self._resync_marked = not handshake.remote.consistent
+        log.info("mirror: link session %d: %s", self._session, handshake.explanation)
         if value == "full-sync" and not self._sweep:
             self._sweep = set(range(self.record.nregions))
         if value != "in-sync":
@@ -584,8 +562,8 @@ class Mirror:
             self._enter_catch_up(f"link session: {value}")
 
     def _session_changed(self) -> bool:
-        second = self.second
-        return isinstance(second, LinkedMedium) and second.sessions != self._session
+        linked = self._second.linked
+        return linked is not None and linked.sessions != self._session
 
     # -- ordered --------------------------------------------------------------------
 
@@ -597,9 +575,9 @@ class Mirror:
             if self.state is not MirrorState.ORDERED:
                 return
             await self._retire_all()
-            second = self.second
-            assert isinstance(second, LinkedMedium)
-            await loop.run_in_executor(self._executor, second.end_resync)
+            linked = self._second.linked
+            assert linked is not None  # only a linked medium is handed over
+            await loop.run_in_executor(self._executor, linked.end_resync)
             if self._session_changed():
                 return  # the next step sees the new session
             self._handover = False
@@ -612,14 +590,13 @@ class Mirror:
         if self._inflight:
             await self._wait_oldest(also_wake=not self._queue)
             return
-        if not getattr(self.second, "connected", True) \
+        if not self._second.connected \
                 and self._clock() - self._last_probe >= self.config.probe_interval_s:
             await self._ensure_session()  # show a refused or unreachable link in the status
             return
         self._signal_idle()
         self._wake.clear()
-        timeout = self.config.probe_interval_s \
-            if not getattr(self.second, "connected", True) else None
+        timeout = self.config.probe_interval_s if not self._second.connected else None
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
@@ -677,7 +654,7 @@ class Mirror:
         # with a volatile cache could otherwise lose, at a power cut, data the second
         # medium keeps -- in a region the record no longer names.
         self.local.flush()
-        return self._close_run()
+        return self._second.close_run()
 
     # -- catch-up -------------------------------------------------------------------
 
@@ -688,8 +665,7 @@ class Mirror:
         if mode == "never":
             return False
         # after-crash: where the remote computes digests itself (no read-back over the link)
-        return callable(getattr(self.second, "digests", None)) and (
-            self._after_crash or bool(self._sweep))
+        return self._second.capabilities.digests and (self._after_crash or bool(self._sweep))
 
     def _sweep_portion(self) -> list[int]:
         if not self._sweep:
@@ -718,9 +694,9 @@ class Mirror:
         self._stop_queueing()
         self._queueing = True  # no await since the list was taken
         loop = asyncio.get_running_loop()
-        second = self.second
-        if isinstance(second, LinkedMedium) and not self._resync_marked:
-            await loop.run_in_executor(self._executor, second.begin_resync)
+        linked = self._second.linked
+        if linked is not None and not self._resync_marked:
+            await loop.run_in_executor(self._executor, linked.begin_resync)
             self._resync_marked = True
         checksums = self._checksums_now()
         chunks, self._pass_remaining = self._chunks(work)
@@ -758,7 +734,7 @@ class Mirror:
             self._stop_queueing()
             raise
         finally:
-            self._prefetch.clear()
+            self._second.forget_ahead()
             self._in_copy = {}
         self._pass_remaining = 0
         if self._queueing and not self._sweep:
@@ -784,7 +760,7 @@ class Mirror:
         self._written = {}  # what the second medium misses is in the queue again
         # The remote becomes an image of the volume once the writes queued during the
         # pass are on it too (the copies may hold some of them already, out of order).
-        linked = isinstance(self.second, LinkedMedium)
+        linked = self._second.linked is not None
         if linked and self._queue:
             self._handover_op = self._queue[-1]
         else:
@@ -805,7 +781,7 @@ class Mirror:
         self._after_crash = False
         self._written = {}
         # The remote is now an exact image of the volume: say so before the next run.
-        self._handover = isinstance(self.second, LinkedMedium)
+        self._handover = self._second.linked is not None
         self._on_progress()
 
     def _extents(self, regions: list[int], masks: dict[int, int] | None = None
@@ -860,15 +836,15 @@ class Mirror:
         second = self.second
         block = self.config.checksum_block_bytes
         if following:
-            self._prefetch_digests(following)
+            self._second.ask_ahead(self._extents(following), block)
         sent = 0
         for offset, length in self._extents(regions, self._in_copy):
             data = self.local.pread(offset, length)
             if checksums:
-                theirs = self._remote_digests(offset, length)
-                ours = _block_digests(data, block)
+                theirs = self._second.digests(offset, length, block)
+                ours = block_digests(data, block)
                 differs = 0
-                for start, end in _differing_runs(ours, theirs, block, length):
+                for start, end in differing_runs(ours, theirs, block, length):
                     second.pwrite(offset + start, data[start:end])
                     differs += end - start
                 sent += differs
@@ -881,26 +857,7 @@ class Mirror:
                 sent += length
         self.local.flush()  # what was copied must be durable locally too (see _write_batch)
         self.resync_sent_bytes += sent
-        return self._close_run(), sent
-
-    def _prefetch_digests(self, regions: list[int]) -> None:
-        ask = getattr(self.second, "digests_async", None)
-        if not callable(ask):
-            return
-        for offset, length in self._extents(regions):
-            self._prefetch[(offset, length)] = ask(offset, length,
-                                                    self.config.checksum_block_bytes, DIGEST_ALG)
-
-    def _remote_digests(self, offset: int, length: int) -> list[bytes]:
-        """(worker) The second medium's block digests: asked ahead, asked now, or read."""
-        block = self.config.checksum_block_bytes
-        asked = self._prefetch.pop((offset, length), None)
-        if asked is not None:
-            return asked.result()
-        digests = getattr(self.second, "digests", None)
-        if callable(digests):
-            return list(digests(offset, length, block, DIGEST_ALG))
-        return _block_digests(self.second.pread(offset, length), block)
+        return self._second.close_run(), sent
 
     # -- online verify --------------------------------------------------------------
 
@@ -968,10 +925,10 @@ class Mirror:
         block = self.config.checksum_block_bytes
         differing: list[int] = []
         for offset, length in self._extents(regions):
-            ours = _block_digests(self.local.pread(offset, length), block)
-            theirs = self._remote_digests(offset, length)
+            ours = block_digests(self.local.pread(offset, length), block)
+            theirs = self._second.digests(offset, length, block)
             # A run of differing blocks may span regions: name each one it touches.
-            for start, end in _differing_runs(ours, theirs, block, length):
+            for start, end in differing_runs(ours, theirs, block, length):
                 differing += range((offset + start) >> shift, ((offset + end - 1) >> shift) + 1)
         return sorted(set(differing))
 
@@ -1000,12 +957,6 @@ class _NewSession(Exception):
     """The link reconnected during a pass: act on the new session first."""
 
 
-def _done() -> concurrent.futures.Future[Any]:
-    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    done.set_result(None)
-    return done
-
-
 def _block_runs(base: int, mask: int) -> Iterator[tuple[int, int]]:
     """[start, end) byte ranges of the runs of set bits of a written-blocks mask."""
     while mask:
@@ -1019,24 +970,3 @@ def _clip(start: int, end: int, size: int) -> Iterator[tuple[int, int]]:
     end = min(end, size)
     if end > start:
         yield start, end - start
-
-
-def _block_digests(data: bytes, block: int) -> list[bytes]:
-    from firmware.mirror.link.frames import block_digests
-
-    return block_digests(data, block, DIGEST_ALG)
-
-
-def _differing_runs(ours: list[bytes], theirs: list[bytes], block: int,
-                    length: int) -> Iterator[tuple[int, int]]:
-    """Byte ranges [start, end) of consecutive blocks whose digests differ."""
-    run_start: int | None = None
-    for i, digest in enumerate(ours):
-        same = i < len(theirs) and theirs[i] == digest
-        if not same and run_start is None:
-            run_start = i
-        elif same and run_start is not None:
-            yield run_start * block, min(i * block, length)
-            run_start = None
-    if run_start is not None:
-        yield run_start * block, length
