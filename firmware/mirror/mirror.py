@@ -4,22 +4,13 @@
 what to do with them, and moves bytes from the local medium to the second one.
 What it decides with lives beside it, each part small enough to read alone:
 
+- ``state``: the mode (ordered / catch-up / degraded and the flags that go
+  with it) as one value, and every change of it in one table;
 - ``masks``: which 4 KiB blocks of each region the second medium misses;
 - ``pipeline``: the ordered queue and the runs in flight, with their futures;
 - ``second``: the second medium's optional capabilities (pipelined runs,
   digests, connection, link sessions), resolved once;
 - ``verify``: online verify.
-
-Three states:
-
-- *ordered*: every write is queued (bounded, in the order it was submitted)
-  and applied to the second medium in runs;
-- *catch-up*: when the backlog overflows (the link cannot keep up: DRBD's
-  "pull-ahead"), the second medium fails, the record names regions at start-up,
-  or a new link session needs it, the queue is dropped and the mirror copies
-  from the local medium instead, pass after pass;
-- *degraded*: the second medium failed; the record keeps every region that may
-  differ and the mirror retries (with back-off), resuming as catch-up.
 
 In ordered mode a run is durable on the second medium before the record learns
 that every write up to a sequence number is (``Record.mirrored_upto``; the bound
@@ -40,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import enum
 import functools
 import logging
 import time
@@ -58,6 +48,7 @@ from firmware.mirror.second import (
     block_digests,
     differing_runs,
 )
+from firmware.mirror.state import Event, MirrorState, Mode
 from firmware.mirror.verify import Verifier, VerifyReport
 from firmware.record.record import Record, RecordFull
 from hal.media.base import Medium
@@ -68,12 +59,6 @@ __all__ = ["WRITTEN_BLOCK", "Mirror", "MirrorConfig", "MirrorState", "VerifyRepo
 log = logging.getLogger("tandem.mirror")
 
 T = TypeVar("T")
-
-
-class MirrorState(enum.Enum):
-    ORDERED = "ordered"
-    CATCH_UP = "catch-up"
-    DEGRADED = "degraded"
 
 
 @dataclass
@@ -105,22 +90,14 @@ class Mirror:
         self.config = config or MirrorConfig()
         self._on_progress = on_progress or (lambda: None)
         self._clock = clock
-        self._second = SecondMedium(second)  # its capabilities, resolved once
+        self._second = SecondMedium(second)
+        self._mode = Mode.initial(regions_named=bool(record.dirty_regions()),
+                                  linked=self._second.capabilities.linked)
+        self._masks = BlockMasks(record.region_shift, known=self._mode.blocks_known)
         self._pipeline = Pipeline(clock)
         self._wake = asyncio.Event()
-        self._paused = False
-        self._resumed = asyncio.Event()
+        self._resumed = asyncio.Event()  # set unless paused (follows the mode)
         self._resumed.set()
-        self.state = MirrorState.CATCH_UP if record.dirty_regions() else MirrorState.ORDERED
-        # Writes are queued in order: always when ordered, and during a catch-up pass
-        # that may end straight in ordered mode (see _catch_up_pass).
-        self._queueing = self.state is MirrorState.ORDERED
-        # Regions named at start-up: a crash (or a stop mid-resync) left them; most are
-        # probably on the remote already, so their resync compares digests first.
-        self._after_crash = self.state is MirrorState.CATCH_UP
-        # The blocks the second medium misses, per region; not known after a crash (nor
-        # after a failure or a new session): then whole regions are copied.
-        self._masks = BlockMasks(record.region_shift, known=not self._after_crash)
         self._idle = asyncio.Event()
         self.last_error: str | None = None
         self._catch_up_since: float | None = clock() if self.state is MirrorState.CATCH_UP \
@@ -138,10 +115,6 @@ class Mirror:
         # Link sessions.
         self._session = 0  # the LinkedMedium session whose decision was acted on
         self.decision: str | None = None
-        self._resync_marked = False  # begin_resync done in this session
-        # end_resync due before the next ordered run (also set once the run holding
-        # pipeline.handover_write is durable)
-        self._handover = False
         self._sweep: set[int] = set()  # regions to copy that the record does not name
         self._last_probe = float("-inf")
         self._verifier = Verifier(record, local, self._second, self.config,
@@ -149,10 +122,51 @@ class Mirror:
                                   pending=lambda region: region in self._sweep,
                                   recopy=self._recopy)
 
+    # -- the mode -------------------------------------------------------------------
+
+    @property
+    def state(self) -> MirrorState:
+        return self._mode.state
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
     @property
     def capabilities(self) -> Capabilities:
         """What the second medium can do beyond a Medium (looked up once, at start)."""
         return self._second.capabilities
+
+    def _on(self, event: Event) -> None:
+        """Change the mode (state.TRANSITIONS) and bring what follows it along."""
+        old = self._mode
+        new = self._mode = old.after(event)
+        pipeline = self._pipeline
+        if not (old.queueing and new.queueing):
+            pipeline.drop_queue()  # stopped, or started afresh: nothing queued before counts
+        if new.handover_queued and not old.handover_queued:
+            pipeline.mark_handover()
+        elif not new.handover_queued:
+            pipeline.handover_write = None
+        if not new.blocks_known:
+            self._masks.forget()
+        elif new.state is MirrorState.ORDERED and old.state is not MirrorState.ORDERED:
+            self._masks.restart()  # what the second medium misses is in the queue again
+        if old.state is MirrorState.ORDERED and new.state is not MirrorState.ORDERED:
+            self._catch_up_since = self._clock()
+        elif new.state is MirrorState.ORDERED:
+            self._catch_up_since = None
+        if new.paused != old.paused:
+            if new.paused:
+                self._resumed.clear()
+            else:
+                self._resumed.set()
+
+    def _leave_ordered(self, event: Event, why: str) -> None:
+        """An event that makes an ordered mirror copy by region (see the table)."""
+        if self.state is MirrorState.ORDERED:
+            log.warning("mirror: %s; copying by region from the local medium", why)
+        self._on(event)
 
     # -- called by the volume on the event loop -------------------------------------
 
@@ -164,10 +178,11 @@ class Mirror:
 
     def _submit(self, write: QueuedWrite) -> None:
         self._idle.clear()
-        ordered = self.state is MirrorState.ORDERED
+        mode = self._mode
+        ordered = mode.state is MirrorState.ORDERED
         if not ordered:
             self._masks.note(write.offset, write.length)
-        if self._queueing:
+        if mode.queueing:
             # Past the limit, pull ahead rather than stall the hosts.
             backlog = self._pipeline.backlog(with_inflight=ordered)
             if backlog + write.cost > self.config.queue_limit_bytes:
@@ -177,38 +192,30 @@ class Mirror:
                     for queued in self._pipeline.queue:
                         self._masks.note(queued.offset, queued.length)
                     self._masks.note(write.offset, write.length)
-                    self._enter_catch_up("queue overflow", known=True)
+                    self.overflows += 1
+                    self._leave_ordered(Event.OVERFLOW, "queue overflow")
                 else:
-                    self._stop_queueing()  # this pass cannot end in ordered mode
+                    self._on(Event.OVERFLOW)  # this pass cannot end in ordered mode
             else:
                 self._pipeline.enqueue(write)
         self._wake.set()
 
     def force_region_copy(self) -> None:
         """Some write did not reach the queue intact: copy by region from now on."""
-        if self.state is MirrorState.ORDERED:
-            self._enter_catch_up("a write could not be queued")
-        self._masks.forget()
-        self._stop_queueing()
+        self._leave_ordered(Event.UNQUEUED, "a write could not be queued")
         self._wake.set()
-
-    def _stop_queueing(self) -> None:
-        self._queueing = False
-        self._pipeline.drop_queue()
 
     # -- operator controls ----------------------------------------------------------
 
     @property
     def paused(self) -> bool:
-        return self._paused
+        return self._mode.paused
 
     def pause(self) -> None:
-        self._paused = True
-        self._resumed.clear()
+        self._on(Event.PAUSE)
 
     def resume(self) -> None:
-        self._paused = False
-        self._resumed.set()
+        self._on(Event.RESUME)
         self._wake.set()
 
     # -- figures --------------------------------------------------------------------
@@ -247,7 +254,7 @@ class Mirror:
     def status(self) -> dict[str, object]:
         rate = self.throughput.rate()
         out: dict[str, object] = {
-            "mirror_state": "paused" if self._paused else self.state.value,
+            "mirror_state": self._mode.label,
             "mirror_lag_bytes": self.lag_bytes(),
             "mirror_lag_seconds": round(self.lag_seconds(), 3),
             "mirror_queue_bytes": self._pipeline.queued_bytes,
@@ -293,7 +300,7 @@ class Mirror:
         pipeline = self._pipeline
         return (self.state is MirrorState.ORDERED and not pipeline.queue
                 and not pipeline.batch_bytes and not pipeline.inflight
-                and not self._handover and not self._sweep
+                and not self._mode.handover_due and not self._sweep
                 and self.record.mirrored_seq >= self.record.completed_seq())
 
     # -- the copier -----------------------------------------------------------------
@@ -312,17 +319,6 @@ class Mirror:
         if self._own_executor:
             self._executor.shutdown(wait=True)
 
-    def _enter_catch_up(self, why: str, known: bool = False) -> None:
-        """``known``: every write the second medium misses has been noted (an overflow)."""
-        if not known:
-            self._masks.forget()
-        if self.state is MirrorState.ORDERED:
-            log.warning("mirror: %s; copying by region from the local medium", why)
-            self.overflows += why == "queue overflow"
-            self._catch_up_since = self._clock()
-        self.state = MirrorState.CATCH_UP if self.last_error is None else MirrorState.DEGRADED
-        self._stop_queueing()
-
     def _in_worker(self, job: Callable[[], T]) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._executor, job)
 
@@ -339,8 +335,7 @@ class Mirror:
                     log.warning("mirror: second medium %s is back", self.second.name)
                     self.last_error = None
                     self.record.enforce_capacity = True
-                    if self.state is MirrorState.DEGRADED:
-                        self.state = MirrorState.CATCH_UP
+                    self._on(Event.RECOVERED)
                 delay = self.config.retry_initial_s
             except OSError as exc:
                 await self._settle_inflight()
@@ -366,11 +361,7 @@ class Mirror:
         self._second.reset()
         # Hosts keep writing: the record may now exceed its budget (it covers the volume).
         self.record.enforce_capacity = False
-        self._masks.forget()  # what the second medium lost is not known
-        if self.state is MirrorState.ORDERED:
-            self._catch_up_since = self._clock()
-        self.state = MirrorState.DEGRADED
-        self._stop_queueing()
+        self._on(Event.FAILED)
         self._on_progress()  # writers waiting for room may go on now
 
     # -- in-flight runs -------------------------------------------------------------
@@ -384,7 +375,7 @@ class Mirror:
                 self.applied_bytes += run.payload_bytes
                 record.mirrored_upto(run.seq)
                 if run.handover:
-                    self._handover = True
+                    self._on(Event.HANDOVER_RUN_DURABLE)
             else:
                 for region in run.regions:
                     record.mirrored_region(region, run.upto)
@@ -428,15 +419,17 @@ class Mirror:
     def _act_on(self, handshake: SessionHandshake) -> None:
         value = handshake.decision.value
         self.decision = value
-        # generations.decide() says in-sync only of a consistent remote.
-        self._resync_marked = not handshake.remote.consistent
         log.info("mirror: link session %d: %s", self._session, handshake.explanation)
         if value == "full-sync" and not self._sweep:
             self._sweep = set(range(self.record.nregions))
-        if value != "in-sync":
-            # Behind, blank, or mid-resync: bring it up to date by region, then hand over.
-            self._handover = False
-            self._enter_catch_up(f"link session: {value}")
+        if value == "in-sync":
+            # generations.decide() says in-sync only of a consistent remote.
+            self._on(Event.SESSION_IN_SYNC)
+            return
+        # Behind, blank, or mid-resync: bring it up to date by region, then hand over. A
+        # remote still marked inconsistent need not be marked again.
+        self._leave_ordered(Event.SESSION_BEHIND if handshake.remote.consistent
+                            else Event.SESSION_INCONSISTENT, f"link session: {value}")
 
     def _session_changed(self) -> bool:
         linked = self._second.linked
@@ -447,18 +440,17 @@ class Mirror:
     async def _ordered_step(self) -> None:
         self._retire_done()
         pipeline = self._pipeline
-        if self._handover:
+        if self._mode.handover_due:
             await self._ensure_session()
             if self.state is not MirrorState.ORDERED:
                 return
             await self._retire_all()
             linked = self._second.linked
-            assert linked is not None  # only a linked medium is handed over
+            assert linked is not None  # the mode hands over only a linked medium
             await self._in_worker(linked.end_resync)
             if self._session_changed():
                 return  # the next step sees the new session
-            self._handover = False
-            self._resync_marked = False
+            self._on(Event.HANDED_OVER)
             log.info("mirror: remote copy is consistent again")
             return
         if pipeline.queue and pipeline.inflight_bytes < self.fill_target(self.config.batch_bytes):
@@ -496,7 +488,7 @@ class Mirror:
             upto = min(upto, behind - 1)
         handover = pipeline.holds_handover(batch)
         if handover:
-            pipeline.handover_write = None
+            self._on(Event.HANDOVER_RUN_SENT)
         try:
             future = await self._in_worker(functools.partial(self._write_batch, batch))
         finally:
@@ -504,7 +496,7 @@ class Mirror:
         if self._session_changed():
             # The run reconnected on its way: it went to a session whose decision was not
             # acted on. Its regions stay in the record; catch up under the new session.
-            self._enter_catch_up("the link reconnected")
+            self._leave_ordered(Event.RECONNECTED, "the link reconnected")
             return
         pipeline.track(Run(asyncio.wrap_future(future), size, seq=upto,
                            payload_bytes=sum(write.length for write in batch),
@@ -534,7 +526,8 @@ class Mirror:
         if mode == "never":
             return False
         # after-crash: where the remote computes digests itself (no read-back over the link)
-        return self._second.capabilities.digests and (self._after_crash or bool(self._sweep))
+        return self._second.capabilities.digests and (self._mode.after_crash
+                                                      or bool(self._sweep))
 
     def _sweep_portion(self) -> list[int]:
         if not self._sweep:
@@ -560,12 +553,11 @@ class Mirror:
         if not work:
             self._finish_catch_up()
             return
-        self._stop_queueing()
-        self._queueing = True  # no await since the list was taken
+        self._on(Event.PASS_STARTED)  # no await since the list was taken
         linked = self._second.linked
-        if linked is not None and not self._resync_marked:
+        if linked is not None and not self._mode.resync_marked:
             await self._in_worker(linked.begin_resync)
-            self._resync_marked = True
+            self._on(Event.RESYNC_MARKED)
         checksums = self._checksums_now()
         chunks, self._pass_remaining = self._masks.chunks(work, self.config.copy_chunk_bytes)
         pipeline = self._pipeline
@@ -590,23 +582,22 @@ class Mirror:
                                    upto=upto, payload_bytes=planned))
             await self._retire_all()
         except _NewSession:
-            self._stop_queueing()
-            self._masks.forget()  # the new session decides what the remote holds
+            self._on(Event.RECONNECTED)  # the new session decides what the remote holds
             await self._settle_inflight()
             return  # the next pass acts on the new session
         except BaseException:
-            self._stop_queueing()
+            self._on(Event.PASS_ENDED)
             raise
         finally:
             self._second.forget_ahead()
             self._masks.copied()
         self._pass_remaining = 0
-        if self._queueing and not self._sweep:
+        if self._mode.queueing and not self._sweep:
             self._resume_ordered()
         elif not record.dirty_regions() and not self._sweep:
             self._finish_catch_up()
         else:
-            self._stop_queueing()
+            self._on(Event.PASS_ENDED)
 
     def _resume_ordered(self) -> None:
         """After a pass whose writes were all queued: the queue carries on in order."""
@@ -619,17 +610,9 @@ class Mirror:
         if behind is not None:
             bound = min(bound, behind - 1)
         self.record.mirrored_upto(bound)
-        self.state = MirrorState.ORDERED
-        self._catch_up_since = None
-        self._after_crash = False
-        self._masks.restart()  # what the second medium misses is in the queue again
         # The remote becomes an image of the volume once the writes queued during the
         # pass are on it too (the copies may hold some of them already, out of order).
-        linked = self._second.linked is not None
-        if linked and self._pipeline.queue:
-            self._pipeline.mark_handover()
-        else:
-            self._handover = linked
+        self._on(Event.CAUGHT_UP_QUEUED if self._pipeline.queue else Event.CAUGHT_UP)
         self._on_progress()
         self._wake.set()
 
@@ -637,16 +620,9 @@ class Mirror:
         # Nothing is dirty and no await separates the check from the switch, so every
         # write so far is on the second medium and every later one will be queued.
         self.record.mirrored_upto(self.record.completed_seq())
-        if self.state is not MirrorState.ORDERED:
-            log.info("mirror: caught up; back to ordered mirroring")
-        self.state = MirrorState.ORDERED
-        self._stop_queueing()
-        self._queueing = True
-        self._catch_up_since = None
-        self._after_crash = False
-        self._masks.restart()
+        log.info("mirror: caught up; back to ordered mirroring")
         # The remote is now an exact image of the volume: say so before the next run.
-        self._handover = self._second.linked is not None
+        self._on(Event.CAUGHT_UP)
         self._on_progress()
 
     def _copy_regions(self, regions: list[int], masks: dict[int, int], checksums: bool,
