@@ -48,7 +48,7 @@ from firmware.mirror.second import (
     block_digests,
     differing_runs,
 )
-from firmware.mirror.state import Event, MirrorState, Mode
+from firmware.mirror.state import Event, MayCopy, MirrorState, Mode, this_appliance_copies
 from firmware.mirror.verify import Verifier, VerifyReport
 from firmware.record.record import Record, RecordFull
 from hal.media.base import Medium
@@ -117,6 +117,8 @@ class Mirror:
         self.decision: str | None = None
         self._sweep: set[int] = set()  # regions to copy that the record does not name
         self._last_probe = float("-inf")
+        # Which appliance copies a region in catch-up: the pair (issue 15) sets this.
+        self.may_copy: MayCopy = this_appliance_copies
         self._verifier = Verifier(record, local, self._second, self.config,
                                   worker=self._in_worker, turn=self._verify_turn,
                                   pending=lambda region: region in self._sweep,
@@ -549,10 +551,17 @@ class Mirror:
         await self._ensure_session()
         record = self.record
         upto = record.completed_seq()
-        work = sorted(set(record.dirty_regions()).union(self._sweep_portion()))
-        if not work:
+        due = set(record.dirty_regions()).union(self._sweep_portion())
+        if not due:
             self._finish_catch_up()
             return
+        work = sorted(region for region in due if self.may_copy(region))
+        if not work:
+            await self._others_copy()
+            return
+        # A pass that left a region to another appliance may not hand over to ordered
+        # mode: Record.mirrored_upto() would then count that region as mirrored here.
+        complete = len(work) == len(due)
         self._on(Event.PASS_STARTED)  # no await since the list was taken
         linked = self._second.linked
         if linked is not None and not self._mode.resync_marked:
@@ -592,12 +601,21 @@ class Mirror:
             self._second.forget_ahead()
             self._masks.copied()
         self._pass_remaining = 0
-        if self._mode.queueing and not self._sweep:
+        if self._mode.queueing and not self._sweep and complete:
             self._resume_ordered()
         elif not record.dirty_regions() and not self._sweep:
             self._finish_catch_up()
         else:
             self._on(Event.PASS_ENDED)
+
+    async def _others_copy(self) -> None:
+        """Every region left is another appliance's to copy: look again when a write
+        comes or after a while, rather than spin."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.config.probe_interval_s)
+        except TimeoutError:
+            pass
 
     def _resume_ordered(self) -> None:
         """After a pass whose writes were all queued: the queue carries on in order."""

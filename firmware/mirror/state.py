@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -222,3 +223,12 @@ TRANSITIONS: Final[dict[tuple[MirrorState, Event], Transition]] = {
     (DEGRADED, Event.RESUME): _to(DEGRADED, paused=False),
 }
 
+
+# Which appliance copies a region during catch-up. One appliance alone always does;
+# a pair (issue 15) will decide per region, and a region this one may not copy stays
+# in its record until the other one's copy is reported.
+MayCopy = Callable[[int], bool]
+
+
+def this_appliance_copies(region: int) -> bool:
+    return True
