@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from firmware.mirror.mirror import Mirror, MirrorConfig, MirrorState
@@ -191,6 +192,61 @@ def test_catch_up_ends_while_the_host_keeps_writing(tmp_path: Path) -> None:
         assert MirrorState.ORDERED in states
         await mirror.drained()
         assert media_equal(local, second)
+        await mirror.close()
+
+    asyncio.run(main())
+
+
+def test_a_given_executor_does_the_io_and_is_left_running(tmp_path: Path) -> None:
+    class Counting(ThreadPoolExecutor):
+        jobs = 0
+
+        def submit(self, fn, /, *args, **kwargs):  # noqa: ANN001, ANN202, ANN003, ANN002
+            Counting.jobs += 1
+            return super().submit(fn, *args, **kwargs)
+
+    async def main() -> None:
+        local = FileMedium(str(tmp_path / "local.img"), SIZE, create=True)
+        second = FileMedium(str(tmp_path / "second.img"), SIZE, create=True)
+        geometry = Geometry(SIZE, REGION)
+        record = Record(geometry, NullRecordStore(geometry), capacity_regions=256)
+        executor = Counting(1)
+        mirror = Mirror(local, second, record, executor=executor)
+        volume = Volume(local, record, mirror)
+        mirror.start()
+        await volume.write(0, b"a" * 4096)
+        await mirror.drained()
+        await mirror.close()
+        assert Counting.jobs > 0 and media_equal(local, second)
+        assert executor.submit(lambda: 7).result() == 7  # the caller shuts it down
+        executor.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_region_another_appliance_copies_is_left_to_it(tmp_path: Path) -> None:
+    # The seam for a pair (issue 15): Mirror.may_copy says which regions this one copies.
+    async def main() -> None:
+        volume, mirror, local, second = build(tmp_path, initial=(3, 9))
+        mirror.config.probe_interval_s = 0.01
+        local.pwrite(3 * REGION, b"a" * REGION)
+        local.pwrite(9 * REGION, b"b" * REGION)
+        mirror.may_copy = lambda region: region != 9
+        mirror.start()
+        record = volume.record
+        for _ in range(100):
+            if record.is_clean(3):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert record.is_clean(3) and not record.is_clean(9)
+        assert mirror.state is MirrorState.CATCH_UP  # the remote is not the volume yet
+        assert second.pread(9 * REGION, REGION) == bytes(REGION)
+        # The other appliance copies region 9 and says so.
+        second.pwrite(9 * REGION, local.pread(9 * REGION, REGION))
+        record.mirrored_region(9, record.completed_seq())
+        await asyncio.wait_for(mirror.drained(), 10)
+        assert mirror.state is MirrorState.ORDERED and media_equal(local, second)
         await mirror.close()
 
     asyncio.run(main())
