@@ -203,10 +203,13 @@ TRANSITIONS: Final[dict[tuple[MirrorState, Event], Transition]] = {
         _to(ORDERED, **_RESUME_ORDERED, handover_due=True, handover_queued=False),
     (DEGRADED, Event.CAUGHT_UP):
         _to(ORDERED, **_RESUME_ORDERED, handover_due=True, handover_queued=False),
-    # handover_due is left as it was: a handover still due from an earlier catch-up
-    # is done at the next ordered step, before the queued writes land (as before).
-    (CATCH_UP, Event.CAUGHT_UP_QUEUED): _to(ORDERED, **_RESUME_ORDERED, handover_queued=True),
-    (DEGRADED, Event.CAUGHT_UP_QUEUED): _to(ORDERED, **_RESUME_ORDERED, handover_queued=True),
+    # A handover still due from an earlier catch-up waits for the queued run too: done
+    # at the next ordered step, it would mark the remote consistent while the writes
+    # queued during this pass are still missing there (a mix, not an image).
+    (CATCH_UP, Event.CAUGHT_UP_QUEUED):
+        _to(ORDERED, **_RESUME_ORDERED, handover_due=False, handover_queued=True),
+    (DEGRADED, Event.CAUGHT_UP_QUEUED):
+        _to(ORDERED, **_RESUME_ORDERED, handover_due=False, handover_queued=True),
     # The handover: the remote is marked consistent once it is an image again. The
     # host's writes may overflow the queue while a run or end_resync is on its way.
     (ORDERED, Event.HANDOVER_RUN_SENT): _to(ORDERED, handover_queued=False),

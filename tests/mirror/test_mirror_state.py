@@ -131,11 +131,14 @@ def test_the_handover_waits_for_the_run_holding_the_queued_writes() -> None:
     assert not (done.handover_due or done.resync_marked)
 
 
-def test_a_handover_still_due_is_kept_when_the_next_pass_ends_with_writes_queued() -> None:
-    # As the mirror always did: the earlier handover happens at the next ordered step.
+def test_a_handover_still_due_waits_for_the_writes_queued_during_the_next_pass() -> None:
+    # The remote is an image again only once the run holding those writes is durable;
+    # marking it consistent at the next ordered step would name a mix consistent.
     due = mode(CATCH_UP, queueing=True, resync_marked=True, handover_due=True)
     after = due.after(Event.CAUGHT_UP_QUEUED)
-    assert after.handover_due and after.handover_queued
+    assert after.handover_queued and not after.handover_due
+    durable = after.after(Event.HANDOVER_RUN_SENT).after(Event.HANDOVER_RUN_DURABLE)
+    assert durable.handover_due
 
 
 def test_a_mirror_without_link_sessions_never_hands_over() -> None:
