@@ -84,11 +84,11 @@ def _link(mirror: Mirror, args: list[str]) -> list[str]:
     if action == "status" and len(args) <= 1:
         return _link_lines(mirror)
     if action == "rate" and len(args) == 2:
-        second = mirror.second
-        if not hasattr(second, "rate_limit"):
-            raise CommandError(f"{second.name} has no rate cap (not a link)")
         rate = None if args[1] == "off" else _parse_rate(args[1])
-        second.rate_limit = rate
+        try:
+            mirror.set_link_rate(rate)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         return [f"link: rate cap {'off' if rate is None else f'{rate} bytes/s'}"]
     raise UsageError("expected status, or rate BYTES|off")
 

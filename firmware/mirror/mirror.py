@@ -139,6 +139,13 @@ class Mirror:
         """What the second medium can do beyond a Medium (looked up once, at start)."""
         return self._second.capabilities
 
+    def set_link_rate(self, rate: float | None) -> None:
+        """Cap the link's bytes per second (None: no cap); ValueError if not a link."""
+        link = self._second.rate_limited
+        if link is None:
+            raise ValueError(f"{self.second.name} has no rate cap (not a link)")
+        link.rate_limit = rate
+
     def _on(self, event: Event) -> None:
         """Change the mode (state.TRANSITIONS) and bring what follows it along."""
         old = self._mode

@@ -106,6 +106,13 @@ class SessionHandshake(Protocol):
 
 
 @runtime_checkable
+class RateLimited(Protocol):
+    """A link whose bytes per second can be capped (None: no cap)."""
+
+    rate_limit: float | None
+
+
+@runtime_checkable
 class LinkedMedium(Protocol):
     """A second medium at a remote site that knows sessions and sync state (RemoteMedium)."""
 
@@ -134,6 +141,7 @@ class Capabilities:
     reports: bool = False  # status()
     resets: bool = False
     linked: bool = False  # link sessions: begin_resync/end_resync, a decision per session
+    rate_limited: bool = False  # rate_limit can be set
 
 
 class SecondMedium:
@@ -154,12 +162,14 @@ class SecondMedium:
         self._resets = medium if isinstance(medium, Resettable) else None
         self.linked: LinkedMedium | None = medium if isinstance(medium, LinkedMedium) \
             else None
+        self.rate_limited: RateLimited | None = medium if isinstance(medium, RateLimited) \
+            else None
         self.capabilities = Capabilities(
             pipelined=self._pipelined is not None, digests=self._digests is not None,
             digests_ahead=self._digests_ahead is not None,
             connects=self._connects is not None, knows_connection=self._knows is not None,
             reports=self._reports is not None, resets=self._resets is not None,
-            linked=self.linked is not None)
+            linked=self.linked is not None, rate_limited=self.rate_limited is not None)
         # Digests asked ahead, by (offset, length), until the pass that asked takes them.
         self._ahead: dict[tuple[int, int], concurrent.futures.Future[list[bytes]]] = {}
 
