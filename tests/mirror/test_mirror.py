@@ -8,6 +8,8 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from firmware.mirror.mirror import Mirror, MirrorConfig, MirrorState
 from firmware.record.layout import Geometry
 from firmware.record.record import Record
@@ -247,6 +249,16 @@ def test_a_region_another_appliance_copies_is_left_to_it(tmp_path: Path) -> None
         record.mirrored_region(9, record.completed_seq())
         await asyncio.wait_for(mirror.drained(), 10)
         assert mirror.state is MirrorState.ORDERED and media_equal(local, second)
+        await mirror.close()
+
+    asyncio.run(main())
+
+
+def test_only_a_link_takes_a_rate_cap(tmp_path: Path) -> None:
+    async def main() -> None:
+        _, mirror, _, _ = build(tmp_path)
+        with pytest.raises(ValueError, match="no rate cap"):
+            mirror.set_link_rate(20 << 20)
         await mirror.close()
 
     asyncio.run(main())

@@ -18,6 +18,7 @@ class _Link(MemoryMedium):
         super().__init__(SIZE, "link")
         self.sessions = 0
         self.asked: list[str] = []
+        self.rate_limit: float | None = None
 
     def flush_async(self) -> concurrent.futures.Future[object]:
         self.asked.append("flush_async")
@@ -64,7 +65,7 @@ def test_capabilities_are_resolved_once_and_used() -> None:
     second = SecondMedium(link)
     assert second.capabilities == Capabilities(
         pipelined=True, digests=True, digests_ahead=False, connects=True,
-        knows_connection=True, reports=True, resets=True, linked=True)
+        knows_connection=True, reports=True, resets=True, linked=True, rate_limited=True)
     assert second.linked is link and not second.connected
     second.close_run()
     second.digests(0, 2 * BLOCK, BLOCK)
