@@ -12,7 +12,7 @@ import heapq
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -50,6 +50,16 @@ class RecordView(Protocol):
 
 
 class RecordPolicy(Protocol):
+    """Asked on every write and miss; told what the record did with its answers.
+
+    On a miss the record calls ``predict`` then ``victims``; if the transaction
+    commits it calls ``on_evicted`` with the regions that left and ``on_admitted``
+    with those that entered. Whatever happens, every ``victims`` and ``idle`` is
+    answered by exactly one ``on_evicted``: with none of them when the record could
+    not make the transaction (no room for the write, the store failed), so that the
+    policy knows which of the regions it named are still members.
+    """
+
     def attach(self, view: RecordView) -> None:
         """The record this policy serves (called once, when the record is built)."""
         ...
@@ -73,6 +83,20 @@ class RecordPolicy(Protocol):
 
     def idle(self, view: RecordView, now: float) -> list[int]:
         """Evictable regions to drop in the background because they went quiet."""
+        ...
+
+    def on_admitted(self, regions: Sequence[int]) -> None:
+        """A miss's transaction committed: these regions entered the record (the
+        write's own missing regions, then the predicted ones it took, if any)."""
+        ...
+
+    def on_evicted(self, regions: Sequence[int]) -> None:
+        """These regions left the record (possibly none: see the class's docstring).
+
+        Besides answering ``victims`` and ``idle``, the record calls it when it sheds
+        regions by a rule of its own (a tidy once the host is quiet, ``evict_clean``);
+        those may include regions the policy never named.
+        """
         ...
 
 
@@ -154,6 +178,12 @@ class SequentialLru:
             if view.evictable(region):
                 quiet.append(region)
         return quiet
+
+    def on_admitted(self, regions: Sequence[int]) -> None:
+        pass  # it reads what it needs from the record: lru() and evictable()
+
+    def on_evicted(self, regions: Sequence[int]) -> None:
+        pass
 
 
 # -- the cost-aware policy ------------------------------------------------------------
@@ -328,12 +358,13 @@ class CostAwarePolicy:
         self._history: list[tuple[int, int]] = []
         self._written_at: OrderedDict[int, int] = OrderedDict()
         self._previous_write: int | None = None
-        # Regions named as victims (and whether to remember them as ghosts), forgotten
-        # at the next call once the record has let them go: it may keep some (it raises
-        # RecordFull when the victims do not make room for the write, or the store fails).
-        self._offered: list[tuple[int, bool]] = []
-        # The guesses of the miss being admitted: not in the record yet, and not to be
-        # mistaken for guesses it refused earlier (those are forgotten when met).
+        # Regions named as victims until the record says which left: True for those
+        # shed at their time (remembered as ghosts once gone), False for those taken
+        # early to make room.
+        self._leaving: dict[int, bool] = {}
+        # The guesses of the miss being admitted (from predict to on_admitted): not in
+        # the record yet, and not to be mistaken for guesses it refused earlier (those
+        # are forgotten when met).
         self._predicted: set[int] = set()
 
     # -- RecordPolicy ----------------------------------------------------------------
@@ -361,8 +392,6 @@ class CostAwarePolicy:
             self._ready.update(dict.fromkeys(regions))
 
     def observe(self, offset: int, length: int) -> None:
-        self._reconcile()
-        self._predicted = set()
         self._clock += 1
         clock = self._clock
         end = offset + max(length, 1) - 1
@@ -418,7 +447,6 @@ class CostAwarePolicy:
             self._compact_due()
 
     def predict(self, view: RecordView, offset: int, length: int) -> list[int]:
-        self._reconcile()
         clock = self._clock
         shift = self._shift
         run = self._run
@@ -445,7 +473,6 @@ class CostAwarePolicy:
         return added
 
     def victims(self, view: RecordView, need: int, protect: set[int]) -> list[int]:
-        self._reconcile()
         self._rent, self._rent_clock, self._rent_bytes = 0.0, self._clock, 0
         chosen = self._take_due(view, protect)
         if len(chosen) < need:
@@ -453,7 +480,6 @@ class CostAwarePolicy:
         return chosen
 
     def idle(self, view: RecordView, now: float) -> list[int]:
-        self._reconcile()
         cfg = self.config
         if not cfg.background_shed:
             return []
@@ -468,6 +494,34 @@ class CostAwarePolicy:
             return []
         self._rent, self._rent_bytes = 0.0, 0
         return self._take_due(view, ())
+
+    def on_admitted(self, regions: Sequence[int]) -> None:
+        self._predicted = set()  # the miss's guesses are members now, or refused
+
+    def on_evicted(self, regions: Sequence[int]) -> None:
+        """Of the regions named as victims, those that left are forgotten and those that
+        stayed are looked at again (their due entries were taken)."""
+        # Regions the record shed without being asked (a quiet tidy, evict_clean) are
+        # left for the due heap to meet and forget: forgetting them here would change
+        # which later rewrites count as reuse, a change of behaviour to measure on the
+        # traces first.
+        leaving = self._leaving
+        if not leaving:
+            return
+        self._leaving = {}
+        left = set(regions)
+        gone: list[int] = []
+        ghosts: list[int] = []
+        expiry_map, due = self._expiry, self._due
+        for region, at_its_time in leaving.items():
+            if region in left:
+                gone.append(region)
+                if at_its_time:
+                    ghosts.append(region)
+            else:
+                heapq.heappush(due, (expiry_map.setdefault(region, self._clock), region, 1))
+        if gone:
+            self._forget_all(gone, ghosts)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -720,7 +774,7 @@ class CostAwarePolicy:
         self._collect_due()
         chosen: list[int] = []
         later: list[int] = []
-        expiry_map, offered = self._expiry, self._offered
+        expiry_map, leaving = self._expiry, self._leaving
         clock = self._clock
         contains, evictable = view.contains, view.evictable
         gone: list[int] = []
@@ -742,7 +796,7 @@ class CostAwarePolicy:
                     later.append(region)
             else:
                 chosen.append(region)
-                offered.append((region, True))
+                leaving[region] = True
         self._ready = {}
         if gone:
             self._forget_all(gone, [])
@@ -764,7 +818,7 @@ class CostAwarePolicy:
         write, not put back at the front: while the mirror catches up by region copies
         the record is full of such regions, and walking over all of them again on every
         miss cost milliseconds a write."""
-        due, expiry_map, offered, parked = self._due, self._expiry, self._offered, self._parked
+        due, expiry_map, leaving, parked = self._due, self._expiry, self._leaving, self._parked
         mirrored = view.mirrored_seq
         while parked and parked[0][0] <= mirrored:
             region = heapq.heappop(parked)[1]
@@ -786,7 +840,7 @@ class CostAwarePolicy:
                 elif evictable(region):
                     chosen.append(region)
                     taken.add(region)
-                    offered.append((region, False))
+                    leaving[region] = False
                 elif not contains(region):
                     if region in self._predicted:
                         walked.append((expiry, region, 1))  # guessed by this very miss
@@ -816,28 +870,8 @@ class CostAwarePolicy:
                 if region not in taken and region not in protect and evictable(region):
                     chosen.append(region)
                     taken.add(region)
-                    offered.append((region, False))
+                    leaving[region] = False
         return chosen
-
-    def _reconcile(self) -> None:
-        """Forget the victims the record let go; look again later at those it kept."""
-        if not self._offered:
-            return
-        view = self._view
-        contains = view.contains if view is not None else (lambda _region: False)
-        gone: list[int] = []
-        ghosts: list[int] = []
-        for region, ghost in self._offered:
-            if not contains(region):
-                gone.append(region)
-                if ghost:
-                    ghosts.append(region)
-            else:
-                expiry = self._expiry.setdefault(region, self._clock)
-                heapq.heappush(self._due, (expiry, region, 1))
-        self._offered.clear()
-        if gone:
-            self._forget_all(gone, ghosts)
 
     def _forget_all(self, regions: list[int], ghosts: list[int]) -> None:
         """The regions left the record (a miss may shed thousands); those of ``ghosts``
