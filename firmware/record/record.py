@@ -19,6 +19,10 @@ Verbs, in the spirit of Linux's dm-dirty-log:
 - ``flush`` — make sure earlier transactions are durable (async: it waits for the
   store).
 
+The policy (``RecordPolicy``) names the regions to add and to shed; the record
+tells it which entered and which left (``on_admitted`` / ``on_evicted``), including
+when a transaction could not be made and the regions it named stay.
+
 A region leaves the record only when it is mirrored and no write to it is in
 flight; that and the write-ahead order keep ARCHITECTURE.md's invariant.
 """
@@ -248,9 +252,14 @@ class Record:
             need = max(0, len(members) + len(add) - self.capacity)
             if len(evict) < need:
                 self.counters.waits += 1
+                self.policy.on_evicted(())  # the victims it named stay members
                 raise RecordFull(f"record holds {len(members)} regions, "
                                  f"capacity {self.capacity}, none evictable")
-        written = self.store.commit(add, evict)
+        try:
+            written = self.store.commit(add, evict)
+        except BaseException:
+            self.policy.on_evicted(())
+            raise
         c = self.counters
         c.misses += 1
         c.nvram_updates += 1
@@ -261,6 +270,8 @@ class Record:
             del self._members[region]
         for region in add:
             self._members[region] = _Region(now)
+        self.policy.on_evicted(evict)
+        self.policy.on_admitted(add)
 
     # -- the mirror's progress -----------------------------------------------------
 
@@ -284,14 +295,20 @@ class Record:
             chosen = [*chosen, *self._members]
         quiet = self._checked_victims(chosen, ())
         if not quiet:
+            self.policy.on_evicted(())
             return 0
-        written = self.store.commit((), quiet)
+        try:
+            written = self.store.commit((), quiet)
+        except BaseException:
+            self.policy.on_evicted(())
+            raise
         for region in quiet:
             del self._members[region]
         c = self.counters
         c.nvram_updates += 1
         c.nvram_bytes_written += written
         c.idle_evictions += len(quiet)
+        self.policy.on_evicted(quiet)
         return len(quiet)
 
     def _checked_victims(self, chosen: Iterable[int], protect: Collection[int]) -> list[int]:
@@ -311,6 +328,7 @@ class Record:
         c.nvram_updates += 1
         c.nvram_bytes_written += written
         c.evictions += len(gone)
+        self.policy.on_evicted(gone)
         return len(gone)
 
     async def flush(self) -> None:

@@ -172,6 +172,48 @@ def test_a_quiet_host_leaves_only_dirty_regions_after_quiet_evict_s() -> None:
     assert record.tidy(now=12.9) == 0 and record.regions() == [0]
 
 
+class ToldPolicy(SequentialLru):
+    """Records what the record tells it: ("admitted" | "evicted", regions)."""
+
+    def __init__(self) -> None:
+        super().__init__(SequentialLruConfig(idle_evict_s=1.0))
+        self.told: list[tuple[str, list[int]]] = []
+
+    def on_admitted(self, regions) -> None:
+        self.told.append(("admitted", sorted(regions)))
+
+    def on_evicted(self, regions) -> None:
+        self.told.append(("evicted", sorted(regions)))
+
+
+def test_the_policy_is_told_what_entered_and_left_even_when_nothing_did() -> None:
+    geometry = Geometry(64 << 20, REGION, new_volume_uuid())
+    policy = ToldPolicy()
+    record = Record(geometry, CountingStore(), capacity_regions=2, policy=policy)
+    write(record, 0, 4096)
+    write(record, REGION, 4096)
+    assert policy.told == [("evicted", []), ("admitted", [0]),
+                           ("evicted", []), ("admitted", [1])]
+    policy.told.clear()
+    with pytest.raises(RecordFull):  # both dirty: no room, the write waits
+        record.begin_write(5 * REGION, 4096, 1.0)
+    assert policy.told == [("evicted", [])]
+    record.mirrored_upto(record.seq)
+    policy.told.clear()
+    write(record, 5 * REGION, 4096, 1.0)  # a miss that sheds region 0 to make room
+    assert policy.told == [("evicted", [0]), ("admitted", [5])]
+    policy.told.clear()
+    record.mirrored_upto(record.seq)
+    assert record.tidy(now=3.0) == 2  # what it names in the background
+    assert record.evict_clean() == 0  # nothing left: nothing to tell
+    assert policy.told == [("evicted", [1, 5])]
+    write(record, 9 * REGION, 4096, 4.0)
+    record.mirrored_upto(record.seq)
+    policy.told.clear()
+    assert record.evict_clean() == 1  # a rule of the record's own
+    assert policy.told == [("evicted", [9])]
+
+
 def test_catch_up_marks_regions_clean_individually() -> None:
     record = make_record()
     write(record, 0, 4096)
