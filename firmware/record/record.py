@@ -56,6 +56,7 @@ class WriteTicket:
     length: int
     # The store transaction that must be durable before the data is written (0: none).
     transaction: int
+    regions: range  # the regions the write touches
     ended: bool = False
 
 
@@ -184,7 +185,7 @@ class Record:
         RecordFull (nothing changed) when the regions do not fit yet, and whatever
         the store raises when NVRAM fails (nothing changed in RAM either).
         """
-        span = self.span(offset, length)
+        span = region_span(offset, length, self._shift)
         members = self._members
         missing = [r for r in span if r not in members]
         self.policy.observe(offset, length)
@@ -202,7 +203,7 @@ class Record:
         if not missing:
             self.counters.hits += 1
         self._inflight_seqs[seq] = None
-        return WriteTicket(seq, offset, length, self.store.must_wait(span))
+        return WriteTicket(seq, offset, length, self.store.must_wait(span), span)
 
     async def durable(self, ticket: WriteTicket) -> None:
         """Return once the write's regions are durable; then its data may be written.
@@ -224,8 +225,9 @@ class Record:
         if ticket.ended:
             return
         ticket.ended = True
-        for region in self.span(ticket.offset, ticket.length):
-            state = self._members.get(region)
+        members = self._members
+        for region in ticket.regions:
+            state = members.get(region)
             if state is not None and state.inflight:
                 state.inflight -= 1
         self._inflight_seqs.pop(ticket.seq, None)
