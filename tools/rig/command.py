@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # tools/rig/command.py → the checkout
 CACHE_DIR = Path(os.environ.get("TANDEM_RIG_CACHE", "~/.cache/tandem-rig")).expanduser()
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "kmod")
 # Modules the initramfs loads to reach the host's file system and the output console.
