@@ -51,6 +51,7 @@ from firmware.mirror.second import (
 from firmware.mirror.state import Event, MayCopy, MirrorState, Mode, this_appliance_copies
 from firmware.mirror.verify import Verifier, VerifyReport
 from firmware.record.record import Record, RecordFull
+from firmware.tasks import cancel_and_wait
 from hal.media.base import Medium
 from hal.media.sticky import MediumFailed
 
@@ -319,12 +320,7 @@ class Mirror:
 
     async def close(self) -> None:
         await self._verifier.close()
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self._own_executor:
             self._executor.shutdown(wait=True)
 

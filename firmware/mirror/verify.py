@@ -20,6 +20,7 @@ from firmware.mirror.masks import extents
 from firmware.mirror.second import SecondMedium, block_digests, differing_runs
 from firmware.record.layout import region_span
 from firmware.record.record import Record
+from firmware.tasks import cancel_and_wait
 from hal.media.base import Medium
 
 log = logging.getLogger("tandem.mirror")
@@ -84,12 +85,7 @@ class Verifier:
         return self.report
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     async def _verify(self, report: VerifyReport) -> None:
         record = self.record

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 from firmware.record.store import NvramRecordStore
+from firmware.tasks import cancel_and_wait
 
 
 class GroupCommitStore:
@@ -125,11 +126,7 @@ class GroupCommitStore:
     async def close(self) -> None:
         if self._task is not None:
             await self.durable()
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
         if self._staged_any:
             self._persist_inline()
@@ -139,13 +136,8 @@ class GroupCommitStore:
     async def abandon(self) -> None:
         """The power went: stop the worker without writing what is staged (there is no
         NVRAM to write it to; what was not durable was not acknowledged either)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._owns_executor:
             self._executor.shutdown(wait=False)
 
