@@ -363,6 +363,15 @@ def mark_runs(regions: dict[int, int]) -> tuple[tuple[int, int, int], ...]:
     return tuple((a, b, c) for a, b, c in runs)
 
 
+def _count(counts: dict[int, int], regions: Iterable[int], delta: int) -> None:
+    for r in regions:
+        left = counts.get(r, 0) + delta
+        if left > 0:
+            counts[r] = left
+        else:
+            counts.pop(r, None)
+
+
 def _epoch_id(state: PairState) -> tuple[int, str]:
     return (state.epoch, state.epoch_creator)
 
@@ -409,6 +418,8 @@ class PairCore:
         self._peer_lost = False
         self._behind = False  # a frame showed a higher epoch: stop until the handshake
         self._last_hello = float("-inf")
+        self._hello_sqs: set[int] = set()  # our latest HELLO, as sent on each link
+        self._last_hello_args: dict[str, object] = {}
 
         # As primary.
         self._pair_mode = False
@@ -420,6 +431,7 @@ class PairCore:
         self._gen: dict[int, int] = {}
         self._next_gen = state.boot << 32  # a boot's gens exceed every earlier boot's
         self._pending: dict[int, int] = {}  # region -> writes issued, not done
+        self._waited_on: dict[int, int] = {}  # region -> writes waiting to be issued
         self._resync: set[int] = set()
         self._clearing: dict[int, tuple[int, int]] = {}  # region -> (gen, batch; 0: queued)
         self._clear_queue: dict[int, int] = {}  # region -> gen
@@ -566,7 +578,7 @@ class PairCore:
     def mirror_snapshot(self, region: int) -> int | None:
         """The gen to pass to ``Mirrored`` once ``region`` is copied, or None if it may
         not be copied now (frozen, a write to it in flight, or nothing to copy)."""
-        if self._frozen or self._pending.get(region) or region not in self.dirty_regions():
+        if self._frozen or self._busy(region) or region not in self.dirty_regions():
             return None
         return self._gen.get(region, 0)
 
@@ -752,6 +764,7 @@ class PairCore:
                        tuple(r for r in dict.fromkeys(event.predicted)
                              if r not in event.regions))
         self._writes[event.write] = write
+        _count(self._waited_on, write.regions, +1)
         self._try_write(event.write, write, first=True)
 
     def _write_refusal(self) -> str:
@@ -762,6 +775,11 @@ class PairCore:
         if self._stale:
             return "stale epoch: reconciling with the peer"
         return ""
+
+    def _busy(self, region: int) -> bool:
+        """A write to it is in flight or waiting: it must not leave the record (a waiting
+        write would otherwise chase its regions out of LC as fast as they come in)."""
+        return bool(self._pending.get(region) or self._waited_on.get(region))
 
     def _lc_covers(self, regions: Iterable[int]) -> bool:
         """Every region is durable in the holder's FRAM (a MARK_ACK) and in INTENT."""
@@ -810,8 +828,9 @@ class PairCore:
         gen = self._fresh_gen()
         for r in write.regions:
             self._gen[r] = gen
-            self._pending[r] = self._pending.get(r, 0) + 1
+        _count(self._pending, write.regions, +1)
         write.issued = True
+        _count(self._waited_on, write.regions, -1)
         self._out.append(WriteProceed(write_id, self.epoch, deadline))
         return True
 
@@ -827,22 +846,19 @@ class PairCore:
         if write is None or not write.issued:
             return
         del self._writes[event.write]
-        for r in write.regions:
-            left = self._pending.get(r, 0) - 1
-            if left > 0:
-                self._pending[r] = left
-            else:
-                self._pending.pop(r, None)
+        _count(self._pending, write.regions, -1)
 
     def _on_write_cancel(self, event: WriteCancel) -> None:
         write = self._writes.get(event.write)
         if write is not None and not write.issued:
             del self._writes[event.write]
+            _count(self._waited_on, write.regions, -1)
 
     def _refuse_waiting(self, reason: str) -> None:
         for write_id, write in list(self._writes.items()):
             if not write.issued:
                 del self._writes[write_id]
+                _count(self._waited_on, write.regions, -1)
                 self._out.append(WriteRefused(write_id, reason))
 
     # -- marks (primary) ---------------------------------------------------------------------
@@ -945,8 +961,8 @@ class PairCore:
 
     def _on_mirrored(self, event: Mirrored) -> None:
         r, g = event.region, event.gen
-        if self._pending.get(r) or self._gen.get(r, 0) != g or r not in self.dirty_regions():
-            return  # written since the snapshot: it stays, and is copied again
+        if self._busy(r) or self._gen.get(r, 0) != g or r not in self.dirty_regions():
+            return  # written since the snapshot, or about to be: it stays
         if self._sole_mode:
             self._resync.discard(r)
             self._tables[INTENT].want.pop(r, None)
@@ -1031,13 +1047,23 @@ class PairCore:
 
     def _hello(self, answers: int | None = None, link: str | None = None) -> None:
         s = self._durable_state
-        args = dict(role=s.role, sole=s.sole, epoch_creator=s.epoch_creator, parent=s.parent,
+        args: dict[str, object] = dict(
+                    role=s.role, sole=s.sole, epoch_creator=s.epoch_creator, parent=s.parent,
                     capacity=self._capacity, held=len(self._tables[HELD].durable),
                     intent=len(self._tables[INTENT].durable),
                     versions=(PROTOCOL_VERSION, PROTOCOL_VERSION), features=FEATURES,
                     yielding=self._yielding)
         if answers is None:
+            # Sent again (Tick) until a HELLO_ACK answers it: the peer must learn every
+            # change of epoch, role or yielding. The same HELLO twice in quick succession
+            # (several frames asking for it at once) goes out once.
+            if (args == self._last_hello_args
+                    and self._now - self._last_hello < self.config.retransmit_s / 2):
+                return
+            self._last_hello_args = args
             self._last_hello = self._now
+            self._hello_sqs = {self._sealer.last_sq + 1 + i
+                               for i in range(sum(lk.connected for lk in self._links.values()))}
             self._broadcast(Hello(**args))  # type: ignore[arg-type]  # checked fields
         elif link is not None:
             self._seal_and_send(link, HelloAck(answers, **args))  # type: ignore[arg-type]
@@ -1090,6 +1116,14 @@ class PairCore:
             self._on_nak(h, msg)
             return
         handover = isinstance(msg, ReconcileReq | Reconcile | ReconcileAck)
+        if self._peer is not None and h.ep < self._peer.epoch:
+            self._count_refused("stale-epoch")  # older than the peer's own HELLO: late
+            return
+        if self._peer is not None and h.ep > self._peer.epoch:
+            # The peer's epoch moved since its HELLO: what we concluded from it is void.
+            self._relation = None
+            self._peer = None
+            self._hello()
         known = self._peer is not None and self._peer.epoch == h.ep
         if h.ep > self.epoch:
             if known and self._relation in (Relation.STALE, Relation.SPLIT_BRAIN):
@@ -1181,6 +1215,8 @@ class PairCore:
             return
         self._peer = _PeerView(h.boot, h.ep, msg.epoch_creator, msg.parent, msg.role,
                                msg.sole, msg.capacity, msg.yielding)
+        if isinstance(msg, HelloAck) and msg.answers in self._hello_sqs:
+            self._hello_sqs = set()
         if isinstance(msg, Hello):
             self._hello(answers=h.sq, link=link)
         self._evaluate()
@@ -1189,9 +1225,11 @@ class PairCore:
         mine = _epoch_id(self._durable_state)
         theirs = (peer.epoch, peer.creator)
         i_am_sole = self._durable_state.sole
-        if self._yielding and not peer.yielding:
+        if self._yielding and peer.yielding:
+            return Relation.CONFLICT
+        if self._yielding:
             return Relation.STALE if peer.role == PRIMARY else Relation.CONFLICT
-        if peer.yielding and not self._yielding:
+        if peer.yielding:
             return Relation.PEER_STALE if self.role == PRIMARY else Relation.CONFLICT
         if mine == theirs:
             if {self.role, peer.role} == {PRIMARY, RECORD_HOLDER}:
@@ -1248,6 +1286,11 @@ class PairCore:
                              f"({self._durable_state.epoch_creator}), peer at "
                              f"{self._peer.epoch} ({self._peer.creator}); "
                              "run 'peer rejoin' on the node whose writes are to yield")
+        elif self._yielding and self._peer.yielding:
+            # 'peer rejoin' on both nodes: neither yields; the operator picks one again.
+            self._yielding = False
+            self._report("role-conflict", "both nodes were told to rejoin; neither yields")
+            self._hello()
         else:
             self._report_once("role-conflict", f"both nodes are {self.role} at one epoch")
 
@@ -1439,7 +1482,7 @@ class PairCore:
                 intent.put(Entry(r, self._fresh_gen(), KIND_RESYNC))
         regions = {r for r, _, _ in msg.entries}
         for r in regions:
-            if r not in self._pending:
+            if not self._pending.get(r):
                 self._gen[r] = self._fresh_gen()
         fresh = regions - self._resync
         self._resync |= regions
@@ -1472,6 +1515,7 @@ class PairCore:
 
     def _adopted(self) -> None:
         self._stale = False
+        self._fencing = False
         self._yielding = False
         self._drop_primary_state()
         self._cleared_upto.clear()  # gens of another writer
@@ -1534,7 +1578,7 @@ class PairCore:
                 and not any(link.hears(now) for link in self._links.values())):
             self._peer_lost = True
             self._report("peer-lost", "no link hears the peer")
-        if self._peer is None or self._relation is None:
+        if self._peer is None or self._relation is None or self._hello_sqs:
             if now - self._last_hello >= self.config.retransmit_s:
                 self._hello()
         self._send_heartbeats()
@@ -1635,6 +1679,7 @@ class PairCore:
     def _start_takeover(self, method: str, *, full: bool) -> None:
         s = self._durable_state
         self._taking_over = method
+        self._fencing = False  # a fence still running reports to nobody now
         self._refuse_waiting("taking over")
         self._want_state = replace(s, role=PRIMARY, epoch=s.epoch + 1,
                                    epoch_creator=self.config.node, parent=_epoch_id(s),
