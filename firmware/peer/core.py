@@ -239,29 +239,55 @@ class PairStatus:
 
 
 class _Shadow:
-    """One FRAM table as the core sees it: what it should name, what FRAM is known to
-    name (``durable`` ⊆ the FRAM's content), and regions whose FRAM state a failed
-    write left unknown."""
+    """One FRAM table as the core sees it: what it should name (``want``), what FRAM is
+    known to name (``durable``, never more than the FRAM holds), regions whose FRAM
+    state a failed write left unknown, and the regions changed since the last
+    ``Persist`` (so that finding the next change costs what changed, not the table)."""
 
     def __init__(self, entries: dict[int, Entry]) -> None:
         self.want: dict[int, Entry] = dict(entries)
         self.durable: dict[int, Entry] = dict(entries)
         self.suspect: set[int] = set()
+        self._touched: set[int] = set()
 
     def put(self, entry: Entry) -> None:
         cur = self.want.get(entry.region)
         if cur is None or cur.gen < entry.gen:
             self.want[entry.region] = entry
+            self._touched.add(entry.region)
+
+    def drop(self, region: int) -> None:
+        if self.want.pop(region, None) is not None:
+            self._touched.add(region)
+
+    def drop_all(self) -> None:
+        self._touched |= self.want.keys() | self.durable.keys()
+        self.want.clear()
 
     def has(self, region: int) -> bool:
-        """Named, and durably so: what a write may rely on."""
-        return region in self.want and region in self.durable
+        """Named, and durably so, by the entry wanted now: what a write may rely on. (A
+        durable entry of a lower gen may be one a change in flight is removing.)"""
+        wanted = self.want.get(region)
+        durable = self.durable.get(region)
+        return wanted is not None and durable is not None and durable.gen >= wanted.gen
 
-    def diff(self, name: str) -> TableChange | None:
-        add = tuple(e for r, e in sorted(self.want.items())
-                    if r not in self.durable or self.durable[r].gen < e.gen)
-        remove = tuple(sorted((self.durable.keys() | self.suspect) - self.want.keys()))
+    def named(self) -> set[int]:
+        """Every region the FRAM may name, now or once the change in flight lands."""
+        return self.want.keys() | self.durable.keys() | self.suspect
+
+    def take(self, name: str) -> TableChange | None:
+        """The change that makes FRAM say ``want``, for the regions changed since the
+        last one (None: nothing to write)."""
+        regions = sorted(self._touched | self.suspect)
+        self._touched.clear()
+        add = tuple(self.want[r] for r in regions if r in self.want
+                    and (r not in self.durable or self.durable[r].gen < self.want[r].gen))
+        remove = tuple(r for r in regions if r not in self.want
+                       and (r in self.durable or r in self.suspect))
         return TableChange(name, add, remove) if add or remove else None
+
+    def clean(self) -> bool:
+        return not self._touched and not self.suspect
 
     def persisted(self, change: TableChange) -> None:
         for e in change.add:
@@ -419,6 +445,7 @@ class PairCore:
         self._behind = False  # a frame showed a higher epoch: stop until the handshake
         self._last_hello = float("-inf")
         self._hello_sqs: set[int] = set()  # our latest HELLO, as sent on each link
+        self._hello_due = False  # the latest HELLO is not answered yet
         self._last_hello_args: dict[str, object] = {}
 
         # As primary.
@@ -438,7 +465,9 @@ class PairCore:
         self._clear_queued_at = 0.0
         self._clears_out: dict[int, _Batch] = {}
         self._writes: dict[int, _Write] = {}
-        self._next_id = 0  # MARK/CLEAR batch and RECONCILE_REQ ids (per boot: see ``pb``)
+        # MARK/CLEAR batch and RECONCILE_REQ ids; from boot << 32 like sequence numbers,
+        # so that a late answer to an earlier boot's batch names no batch of this one.
+        self._next_id = state.boot << 32
         self._lease_until = float("-inf")
         self._reconcile: _Request | None = None
         self._reconciled = False
@@ -463,7 +492,6 @@ class PairCore:
 
         self._reported: set[str] = set()
         self._frozen = True
-        self._last_state: PeerState | None = None
         self._last_link_states = {name: "down" for name in self._links}
         self._started = False
 
@@ -575,10 +603,18 @@ class PairCore:
                              | self._resync)
         return frozenset(self._lc.keys() | self._acked.keys() | self._resync)
 
+    def _is_dirty(self, region: int) -> bool:
+        if self.role != PRIMARY or self._stale:
+            return False
+        if self._sole_mode:
+            return (region in self._tables[INTENT].want or region in self._tables[HELD].want
+                    or region in self._resync)
+        return region in self._lc or region in self._acked or region in self._resync
+
     def mirror_snapshot(self, region: int) -> int | None:
         """The gen to pass to ``Mirrored`` once ``region`` is copied, or None if it may
-        not be copied now (frozen, a write to it in flight, or nothing to copy)."""
-        if self._frozen or self._busy(region) or region not in self.dirty_regions():
+        not be copied now (frozen, a write to it in flight or waiting, nothing to copy)."""
+        if self._frozen or self._busy(region) or not self._is_dirty(region):
             return None
         return self._gen.get(region, 0)
 
@@ -669,7 +705,6 @@ class PairCore:
                     self._report("link-degraded", f"{name}: {state}")
                 elif state == "up" and self._had_session:
                     self._report("link-restored", name)
-        self._last_state = self._compute_state()
 
     def _report(self, kind: str, detail: str) -> None:
         self._out.append(Report(kind, detail))
@@ -694,7 +729,7 @@ class PairCore:
 
     def _fram_clean(self) -> bool:
         return (self._want_state == self._durable_state
-                and all(t.diff(n) is None for n, t in self._tables.items()))
+                and all(t.clean() for t in self._tables.values()))
 
     def _pump_fram(self) -> None:
         if self._inflight is not None:
@@ -705,7 +740,7 @@ class PairCore:
             self._fram_retry_at = None
         changes: list[FramChange] = []
         for name in (HELD, INTENT):
-            change = self._tables[name].diff(name)
+            change = self._tables[name].take(name)
             if change is not None:
                 changes.append(change)
         if self._want_state != self._durable_state:
@@ -800,7 +835,8 @@ class PairCore:
                 if not self._room_in_intent(missing):
                     return self._wait(write_id, write, "record full", first)
                 for r in missing:
-                    intent.put(Entry(r, self._fresh_gen(), KIND_WRITE))
+                    if r not in intent.want:
+                        intent.put(Entry(r, self._fresh_gen(), KIND_WRITE))
                 return self._wait(write_id, write, "intent", first)
             return self._issue(write_id, write, None)
         if not self._lc_covers(regions):
@@ -910,7 +946,8 @@ class PairCore:
             return
         self._marking[region] = 0
         self._mark_queue[region] = kind
-        self._tables[INTENT].put(Entry(region, self._fresh_gen(), kind))
+        if region not in self._tables[INTENT].want:  # named already: no FRAM write
+            self._tables[INTENT].put(Entry(region, self._fresh_gen(), kind))
 
     def _mark_for_handover(self, region: int) -> None:
         if region not in self._lc:
@@ -952,21 +989,26 @@ class PairCore:
         for r in [r for r in self._acked if intent.has(r)]:
             self._lc[r] = self._acked.pop(r)
             self._handover_marks.discard(r)
+        self._leave_sole()
+
+    def _leave_sole(self) -> None:
+        """Once every region this node may have written alone is in the new holder's
+        record, it is a primary like any other (and says so: ``covered``). Not while a
+        full resync is owed: then nobody knows which regions those are."""
         if (not self._handover_marks and self._pair_mode and self._reconciled
-                and self._want_state.sole):
-            # Every region this node may have written alone is in the holder's record.
+                and self._want_state.sole and not self._want_state.full_resync):
             self._want_state = replace(self._want_state, sole=False)
 
     # -- clears (primary) --------------------------------------------------------------------
 
     def _on_mirrored(self, event: Mirrored) -> None:
         r, g = event.region, event.gen
-        if self._busy(r) or self._gen.get(r, 0) != g or r not in self.dirty_regions():
+        if self._busy(r) or self._gen.get(r, 0) != g or not self._is_dirty(r):
             return  # written since the snapshot, or about to be: it stays
         if self._sole_mode:
             self._resync.discard(r)
-            self._tables[INTENT].want.pop(r, None)
-            self._tables[HELD].want.pop(r, None)
+            self._tables[INTENT].drop(r)
+            self._tables[HELD].drop(r)
             return
         if r in self._marking or r in self._acked:
             return
@@ -1005,8 +1047,8 @@ class PairCore:
                 if not (r in self._lc or r in self._acked or r in self._marking
                         or r in self._resync):
                     # The holder dropped it: the INTENT entry may go too.
-                    self._tables[INTENT].want.pop(r, None)
-                    self._tables[HELD].want.pop(r, None)
+                    self._tables[INTENT].drop(r)
+                    self._tables[HELD].drop(r)
 
     # -- the wire ----------------------------------------------------------------------------
 
@@ -1062,6 +1104,7 @@ class PairCore:
                 return
             self._last_hello_args = args
             self._last_hello = self._now
+            self._hello_due = True
             self._hello_sqs = {self._sealer.last_sq + 1 + i
                                for i in range(sum(lk.connected for lk in self._links.values()))}
             self._broadcast(Hello(**args))  # type: ignore[arg-type]  # checked fields
@@ -1081,7 +1124,8 @@ class PairCore:
             link.last_answer = None
             return
         # A (re)connection: introduce ourselves, and resend what waits for an answer.
-        if self._relation is None or self._peer is None:
+        if self._relation is None or self._peer is None or self._hello_due:
+            self._last_hello = float("-inf")
             self._hello()
         self._retransmit(force=True)
 
@@ -1216,7 +1260,7 @@ class PairCore:
         self._peer = _PeerView(h.boot, h.ep, msg.epoch_creator, msg.parent, msg.role,
                                msg.sole, msg.capacity, msg.yielding)
         if isinstance(msg, HelloAck) and msg.answers in self._hello_sqs:
-            self._hello_sqs = set()
+            self._hello_due = False
         if isinstance(msg, Hello):
             self._hello(answers=h.sq, link=link)
         self._evaluate()
@@ -1267,12 +1311,18 @@ class PairCore:
             if before is not relation:
                 self._report("peer-stale", f"peer at epoch {self._peer.epoch}; "
                              "taking what it hands over")
+            if self._peer.yielding and not self._want_state.full_resync:
+                # The end of a split brain: both wrote D and copied to M, each unaware of
+                # the other, so a stale copy may have landed over a newer one in a region
+                # neither record names any more. Only a full copy makes M right again.
+                self._want_state = replace(self._want_state, full_resync=True)
+                self._report("split-brain", "resolved: the peer yields; full resync")
             if self._peer.epoch >= self.epoch:
                 # A yielding peer at our epoch number or above: move past it first, so
                 # that the epoch it adopts is above every one it had (epochs only grow).
                 if self._want_state.epoch <= self._peer.epoch:
                     s = self._durable_state
-                    self._want_state = replace(s, epoch=self._peer.epoch + 1,
+                    self._want_state = replace(self._want_state, epoch=self._peer.epoch + 1,
                                                epoch_creator=self.config.node,
                                                parent=_epoch_id(s))
                     self._when_durable(self._hello)
@@ -1313,9 +1363,9 @@ class PairCore:
 
     def _own_dirty(self) -> set[int]:
         """What this node's FRAM names as possibly different, when it is the writer."""
-        own = set(self._tables[INTENT].want) | set(self._tables[INTENT].durable)
+        own = self._tables[INTENT].named()
         if self.role == PRIMARY:
-            own |= set(self._tables[HELD].want) | set(self._tables[HELD].durable)
+            own |= self._tables[HELD].named()
         return own
 
     # -- the record-holder's side ------------------------------------------------------------
@@ -1331,8 +1381,8 @@ class PairCore:
                 and not self._fencing:
             grant = min(msg.lease_request_ms, int(self.config.lease_s * 1000))
             self._promised_until = max(self._promised_until, self._now + grant / 1000)
-        if (msg.covered and self._serving_peer()
-                and not self._want_state.held_complete):
+        if (msg.covered and self._serving_peer() and not self._want_state.held_complete
+                and not self._want_state.full_resync):  # a damaged HELD stays incomplete
             self._want_state = replace(self._want_state, held_complete=True)
         self._seal_and_send(link, HeartbeatAck(h.sq, grant, len(self._tables[HELD].want)))
         if self._peer is None or self._relation is None:
@@ -1367,12 +1417,12 @@ class PairCore:
         for r, g in msg.entries:
             cur = held.want.get(r)
             if cur is not None and cur.gen <= g:  # compare-and-clear
-                del held.want[r]
+                held.drop(r)
             if self._cleared_upto.get(r, -1) < g:
                 self._cleared_upto[r] = g
             leftover = intent.want.get(r)
             if leftover is not None and leftover.gen <= g:
-                del intent.want[r]
+                intent.drop(r)
         batch = msg.batch
         self._when_durable(lambda: self._send_data(ClearAck(batch)))
 
@@ -1380,9 +1430,11 @@ class PairCore:
         """The primary wants the record we hold for it, or the survivor wants what a
         stale node's FRAM names."""
         if self._stale or self._relation is Relation.STALE:
-            entries = self._everything_named()
-            if self._handover_out is None or self._handover_out.request != msg.request:
-                self._handover_out = _Handover(msg.request, self._parts(entries))
+            out = self._handover_out
+            if out is not None and msg.request < out.request:
+                return  # a late copy of a request the survivor has since replaced
+            if out is None or out.request != msg.request:
+                self._handover_out = _Handover(msg.request, self._parts(self._everything_named()))
             self._send_handover(force=True)
             return
         if h.ep < self.epoch or not self._serving_peer():
@@ -1506,7 +1558,7 @@ class PairCore:
         # The survivor holds all of it durably: let go, adopt its epoch, hold its record.
         self._handover_out = None
         for table in self._tables.values():
-            table.want.clear()
+            table.drop_all()
         adopted = replace(self._durable_state, role=RECORD_HOLDER, epoch=peer.epoch,
                           epoch_creator=peer.creator, parent=peer.parent, sole=False,
                           held_complete=False, full_resync=False)
@@ -1578,7 +1630,7 @@ class PairCore:
                 and not any(link.hears(now) for link in self._links.values())):
             self._peer_lost = True
             self._report("peer-lost", "no link hears the peer")
-        if self._peer is None or self._relation is None or self._hello_sqs:
+        if self._peer is None or self._relation is None or self._hello_due:
             if now - self._last_hello >= self.config.retransmit_s:
                 self._hello()
         self._send_heartbeats()
@@ -1681,10 +1733,10 @@ class PairCore:
         self._taking_over = method
         self._fencing = False  # a fence still running reports to nobody now
         self._refuse_waiting("taking over")
-        self._want_state = replace(s, role=PRIMARY, epoch=s.epoch + 1,
+        self._want_state = replace(self._want_state, role=PRIMARY, epoch=s.epoch + 1,
                                    epoch_creator=self.config.node, parent=_epoch_id(s),
                                    sole=True, held_complete=False,
-                                   full_resync=full or s.full_resync)
+                                   full_resync=full or self._want_state.full_resync)
         self._when_durable(self._took_over)
 
     def _took_over(self) -> None:
@@ -1719,5 +1771,6 @@ class PairCore:
         self._hello()
 
     def _on_full_resync_done(self) -> None:
-        if self._want_state.full_resync:
+        if self._want_state.full_resync and self.role == PRIMARY:
             self._want_state = replace(self._want_state, full_resync=False)
+            self._leave_sole()

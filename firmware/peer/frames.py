@@ -7,7 +7,8 @@ A payload (what framing.py carries) is a 16-byte tag and a CBOR map::
            "pb": n, ...the message's own keys}
 
 ``boot`` is the sender's boot counter (persisted in its FRAM before first use, so it only
-grows); ``sq`` numbers every frame the sender sends in that boot, on every link alike;
+grows); ``sq`` numbers every frame the sender sends in that boot, on every link alike,
+from ``boot << 32`` (so sequence numbers never repeat across boots);
 ``ack`` is the highest ``sq`` it has accepted from the receiver; ``pb`` is the receiver's
 boot the sender last heard of, so that an answer to a previous boot of the receiver is
 recognised as stale (0: none heard yet). Unknown keys are ignored; an unknown ``t`` is
@@ -424,7 +425,10 @@ class FrameSealer:
         self._key = key
         self._node = node
         self._boot = boot
-        self._sq = 0
+        # Numbered from boot << 32: no two boots of a node share a sequence number, so an
+        # answer naming one (HB_ACK, HELLO_ACK, NAK) can never be taken for an answer to
+        # a frame of a later boot.
+        self._sq = boot << 32
 
     @property
     def last_sq(self) -> int:

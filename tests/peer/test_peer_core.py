@@ -384,10 +384,21 @@ def test_a_split_brain_is_refused_reported_and_resolved_by_a_rejoin() -> None:
         assert any(r.kind == "split-brain" for r in sim.nodes[node].reports)
         assert not proceeded(sim.handle(node, ev.HostWrite(800, (3,))))
     sim.handle("b", ev.RejoinCommand())
+    run_until(sim, lambda: core(sim, "b").role == f.RECORD_HOLDER, 20)
+    a = core(sim, "a")
+    assert a.epoch == 3 and core(sim, "b").epoch == 3
+    assert {1, 2} <= a.dirty_regions()  # b's region is a's to copy now
+    # Both copied to M unaware of each other: only a full copy makes M right again.
+    assert a.persisted_state.full_resync and state(sim, "a") is PeerState.RECONCILING
+    assert not sim.durable("b").state.held_complete  # so b may not take over from a yet
+    while sim.complete_write("a") or sim.complete_write("b"):
+        pass
+    run_until(sim, lambda: not a.frozen, 5)
+    assert sim.full_resync("a")
     run_until(sim, lambda: state(sim, "a") is PeerState.CONNECTED
               and state(sim, "b") is PeerState.CONNECTED, 20)
-    assert core(sim, "b").role == f.RECORD_HOLDER and core(sim, "a").epoch == 3
-    assert {1, 2} <= core(sim, "a").dirty_regions()  # b's region is a's to copy now
+    settle(sim, 3)  # a's next heartbeat says it is covered
+    assert sim.durable("b").state.held_complete
 
 
 def test_rejoin_is_refused_when_there_is_no_split_brain() -> None:
@@ -398,7 +409,9 @@ def test_rejoin_is_refused_when_there_is_no_split_brain() -> None:
 
 def test_cold_start_waits_for_the_peer_or_the_operator() -> None:
     sim = PairSim()
-    sim.crash("a")  # only b comes up
+    sim.crash("a")  # only b comes up: a never said a word
+    for link in LINKS:
+        sim.net[(link, "a")].clear()
     settle(sim, 100, 0.3)
     assert state(sim, "b") is PeerState.CONNECTING and core(sim, "b").role == f.RECORD_HOLDER
     actions = sim.handle("b", ev.TakeoverCommand())

@@ -151,27 +151,36 @@ def damaged_streams(draw):
 
 
 def apply_damage(frames: list[bytes], ops) -> tuple[bytes, set[int]]:
-    """The damaged stream and the indices of frames the damage touched."""
-    spans = []
-    pos = 0
-    for frame in frames:
-        spans.append((pos, pos + len(frame)))
-        pos += len(frame)
-    wire = bytearray(b"".join(frames))
-    touched: set[int] = set()
-    # Apply from the end, so that earlier positions stay valid.
-    for op, where, garbage, bit, count in sorted(ops, key=lambda o: -o[1]):
+    """The damaged stream and the indices of frames the damage touched. Damage is
+    described on the original bytes: garbage inserted before a byte, a bit flipped in
+    one, a run of bytes lost."""
+    wire = b"".join(frames)
+    owner = [i for i, frame in enumerate(frames) for _ in frame]
+    inserted: dict[int, bytes] = {}
+    flipped = bytearray(len(wire))
+    lost = [False] * len(wire)
+    for op, where, garbage, bit, count in ops:
         if op == "garbage":
-            wire[where:where] = garbage
-            hit = [i for i, (s, e) in enumerate(spans) if s < where < e]
+            inserted[where] = inserted.get(where, b"") + garbage
         elif op == "flip":
-            wire[where] ^= 1 << bit
-            hit = [i for i, (s, e) in enumerate(spans) if s <= where < e]
+            flipped[where] ^= 1 << bit
         else:
-            del wire[where:where + count]
-            hit = [i for i, (s, e) in enumerate(spans) if where < e and s < where + count]
-        touched.update(hit)
-    return bytes(wire), touched
+            for i in range(where, min(where + count, len(wire))):
+                lost[i] = True
+    out = bytearray()
+    touched: set[int] = set()
+    for i, byte in enumerate(wire):
+        if i in inserted:
+            out += inserted[i]
+            if i > 0 and owner[i - 1] == owner[i]:
+                touched.add(owner[i])  # inside a frame, not between two
+        if lost[i]:
+            touched.add(owner[i])
+            continue
+        if flipped[i]:
+            touched.add(owner[i])
+        out.append(byte ^ flipped[i])
+    return bytes(out), touched
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
