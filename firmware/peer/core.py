@@ -485,7 +485,6 @@ class PairCore:
 
         # Stale node, handing over; survivor, taking over.
         self._stale = False
-        self._yielding = False
         self._handover_out: _Handover | None = None
         self._handover_in: _Request | None = None
         self._split = False
@@ -645,9 +644,13 @@ class PairCore:
         return (self.role == PRIMARY and self._durable_state.sole and not self._pair_mode
                 and self._taking_over is None)
 
+    @property
+    def _yielding(self) -> bool:
+        return self._durable_state.yielding
+
     def _io_allowed(self) -> bool:
         if (self.role != PRIMARY or self._stale or self._split or self._behind
-                or self._taking_over is not None):
+                or self._yielding or self._taking_over is not None):
             return False
         if self._sole_mode:
             return True
@@ -807,7 +810,7 @@ class PairCore:
             return "this node is the record-holder"
         if self._split:
             return "split brain"
-        if self._stale:
+        if self._stale or self._yielding:
             return "stale epoch: reconciling with the peer"
         return ""
 
@@ -1338,9 +1341,10 @@ class PairCore:
                              "run 'peer rejoin' on the node whose writes are to yield")
         elif self._yielding and self._peer.yielding:
             # 'peer rejoin' on both nodes: neither yields; the operator picks one again.
-            self._yielding = False
-            self._report("role-conflict", "both nodes were told to rejoin; neither yields")
-            self._hello()
+            if self._want_state.yielding:
+                self._want_state = replace(self._want_state, yielding=False)
+                self._report("role-conflict", "both nodes were told to rejoin; neither yields")
+                self._when_durable(self._hello)
         else:
             self._report_once("role-conflict", f"both nodes are {self.role} at one epoch")
 
@@ -1561,14 +1565,13 @@ class PairCore:
             table.drop_all()
         adopted = replace(self._durable_state, role=RECORD_HOLDER, epoch=peer.epoch,
                           epoch_creator=peer.creator, parent=peer.parent, sole=False,
-                          held_complete=False, full_resync=False)
+                          held_complete=False, full_resync=False, yielding=False)
         self._want_state = adopted
         self._when_durable(self._adopted)
 
     def _adopted(self) -> None:
         self._stale = False
         self._fencing = False
-        self._yielding = False
         self._drop_primary_state()
         self._cleared_upto.clear()  # gens of another writer
         self._relation = None
@@ -1767,8 +1770,11 @@ class PairCore:
                                                         Relation.CONFLICT):
             self._report("refused", "rejoin: only a node in split brain yields")
             return
-        self._yielding = True
-        self._hello()
+        if not self._want_state.yielding:
+            # Durable first: a restart must not bring back a sole owner that yielded.
+            self._want_state = replace(self._want_state, yielding=True)
+            self._refuse_waiting("yielding to the peer")
+            self._when_durable(self._hello)
 
     def _on_full_resync_done(self) -> None:
         if self._want_state.full_resync and self.role == PRIMARY:

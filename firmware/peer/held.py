@@ -68,7 +68,7 @@ _ENTRY_SEAL_AT = ENTRY_SIZE - 1
 assert _ENTRY.size + _CRC.size == _ENTRY_SEAL_AT
 
 _ROLES = (PRIMARY, RECORD_HOLDER)
-_SOLE, _HELD_COMPLETE, _FULL_RESYNC = 1, 2, 4
+_SOLE, _HELD_COMPLETE, _FULL_RESYNC, _YIELDING = 1, 2, 4, 8
 
 
 class PairLayoutError(ValueError):
@@ -90,7 +90,9 @@ class PairState:
     """What the superblock says. ``sole``: this node took over and served alone at this
     epoch; ``held_complete``: the writer said every region it may have written is in
     HELD (a takeover from HELD alone is then safe); ``full_resync``: the record is not
-    to be trusted, the whole volume must be copied before it is clean."""
+    to be trusted, the whole volume must be copied before it is clean; ``yielding``: an
+    operator's ``peer rejoin`` (this node gives up its epoch to the peer's, and serves
+    nothing until it has handed over), kept across a restart."""
 
     node: str
     peer: str
@@ -102,6 +104,7 @@ class PairState:
     sole: bool = False
     held_complete: bool = False
     full_resync: bool = False
+    yielding: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in _ROLES:
@@ -177,7 +180,7 @@ def _name_of(raw: bytes) -> str:
 
 def encode_superblock(state: PairState, capacity: int, seq: int) -> bytes:
     flags = ((_SOLE if state.sole else 0) | (_HELD_COMPLETE if state.held_complete else 0)
-             | (_FULL_RESYNC if state.full_resync else 0))
+             | (_FULL_RESYNC if state.full_resync else 0) | (_YIELDING if state.yielding else 0))
     body = _SUPER.pack(MAGIC, LAYOUT_VERSION, flags, seq, state.epoch,
                        _name_bytes(state.epoch_creator), state.parent[0],
                        _name_bytes(state.parent[1]), state.boot, _ROLES.index(state.role),
@@ -206,7 +209,8 @@ def decode_superblock(raw: bytes) -> tuple[PairState, int, int] | None:
                           epoch=epoch, epoch_creator=_name_of(creator),
                           parent=(parent_epoch, _name_of(parent_creator)), boot=boot,
                           sole=bool(flags & _SOLE), held_complete=bool(flags & _HELD_COMPLETE),
-                          full_resync=bool(flags & _FULL_RESYNC))
+                          full_resync=bool(flags & _FULL_RESYNC),
+                          yielding=bool(flags & _YIELDING))
     except ValueError:
         return None
     return state, capacity, seq
