@@ -39,7 +39,8 @@ _INSTRUMENTED = ("firmware", "hal")
 _MODULES = ("firmware.frontends.nbd.protocol", "firmware.console.grammar",
             "firmware.console.commands", "firmware.record.layout", "firmware.record.store",
             "hal.media.remote.frames", "hal.wire", "firmware.peer.framing",
-            "firmware.peer.frames", "firmware.peer.held", "firmware.peer.core")
+            "firmware.peer.frames", "firmware.peer.held", "firmware.peer.config",
+            "firmware.peer.core")
 
 
 def write_seeds() -> int:

@@ -324,7 +324,8 @@ _peer_boots: dict[str, Any] = {}
 
 def _peer_core(role: str) -> Any:
     """A fresh core of node "b" (its FRAM formatted once per role: the core copies it)."""
-    from firmware.peer.core import PairConfig, PairCore, serial_link, tcp_link
+    from firmware.peer.config import PairConfig, serial_link, tcp_link
+    from firmware.peer.core import PairCore
     from firmware.peer.held import PairFram, PairState
 
     if role not in _peer_boots:

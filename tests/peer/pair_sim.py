@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from firmware.peer import events as ev
-from firmware.peer.core import PairConfig, PairCore, serial_link, tcp_link
+from firmware.peer.config import PairConfig, serial_link, tcp_link
+from firmware.peer.core import PairCore
 from firmware.peer.frames import PRIMARY, RECORD_HOLDER, Clear, decode
 from firmware.peer.held import LoadedPair, PairFram, PairState, required_bytes
 from hal.nvram.base import PowerLost

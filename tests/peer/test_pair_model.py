@@ -32,7 +32,8 @@ from hypothesis.stateful import (
 )
 
 from firmware.peer import events as ev
-from firmware.peer.core import PairConfig, PairCore, PeerState
+from firmware.peer.config import PairConfig, PeerState
+from firmware.peer.core import PairCore
 from firmware.peer.frames import PRIMARY
 from firmware.peer.held import LoadedPair
 from tests.peer.pair_sim import LINKS, NODES, InvariantViolation, PairSim

@@ -11,7 +11,8 @@ import pytest
 
 from firmware.peer import events as ev
 from firmware.peer import frames as f
-from firmware.peer.core import PairCore, PeerState
+from firmware.peer.config import PeerState
+from firmware.peer.core import PairCore
 from firmware.peer.held import HELD, Entry, PairFram, PairState, TableChange, required_bytes
 from tests.peer.pair_sim import KEY, LINKS, NODES, SERIAL, TCP, PairSim, RamFram
 
@@ -468,3 +469,10 @@ def test_status_counts_messages_and_measures_links() -> None:
     assert all(lk.state == "up" and lk.rtt_ms is not None and lk.last_heartbeat is not None
                for lk in status.links)
     assert status.lease_remaining_s > 0 and not status.frozen
+    shown = status.as_dict()
+    for key in ("state", "epoch", "role", "links", "held_regions", "local_copy_regions"):
+        assert key in shown
+    assert {"url", "state", "rtt_ms"} <= set(shown["links"][0])
+    import json
+
+    json.dumps(shown)  # what the console prints
