@@ -1194,6 +1194,11 @@ class PairCore:
         self._had_session = True
         if relation is not Relation.SPLIT_BRAIN and self._split:
             self._split = False
+        if relation is not Relation.STALE and self._stale:
+            # No longer behind (both were told to rejoin and neither yields, or the peer
+            # now yields to us): whatever was being handed over is moot.
+            self._stale = False
+            self._handover_out = None
         if relation is Relation.NORMAL:
             if self.role == PRIMARY:
                 self._enter_pair_mode()
