@@ -6,7 +6,8 @@ Usage::
     .venv/bin/python -m tools.fuzz all --runs 100000 --save
     .venv/bin/python -m tools.fuzz record --seconds 120
 
-Targets are in :mod:`tools.fuzz_targets` (``nbd``, ``console``, ``record``, ``link``).
+Targets are in :mod:`tools.fuzz_targets` (``nbd``, ``console``, ``record``, ``link``,
+``peer``).
 Each runs in a child process (libFuzzer exits the process when it is done) that
 instruments ``firmware`` and ``hal`` for coverage. The kept corpus is
 ``tests/fuzz/corpus/<target>/``: it seeds every run; what a run finds goes to a
@@ -32,12 +33,14 @@ REPO = Path(__file__).resolve().parents[1]
 FUZZ_DIR = REPO / "tests" / "fuzz"
 CORPUS = FUZZ_DIR / "corpus"
 CRASHES = FUZZ_DIR / "crashes"
-TARGET_NAMES = ("nbd", "console", "record", "link")
+TARGET_NAMES = ("nbd", "console", "record", "link", "peer")
 # Modules to instrument for coverage, imported before the targets are.
 _INSTRUMENTED = ("firmware", "hal")
 _MODULES = ("firmware.frontends.nbd.protocol", "firmware.console.grammar",
             "firmware.console.commands", "firmware.record.layout", "firmware.record.store",
-            "hal.media.remote.frames")
+            "hal.media.remote.frames", "hal.wire", "firmware.peer.framing",
+            "firmware.peer.frames", "firmware.peer.held", "firmware.peer.config",
+            "firmware.peer.core")
 
 
 def write_seeds() -> int:

@@ -11,6 +11,10 @@ checks properties on what comes out; an exception other than the parser's own
 - ``record``: the NVRAM record decoder; raw images, and valid images with bits
   flipped (which must be rejected or read as a *larger* record, never smaller).
 - ``link``: the mirror link's frame decoder and codec.
+- ``peer``: the peer link (``firmware/peer/``): the serial and TCP byte framings, the
+  message gate, and a pair core fed what the gate lets through; the first input byte
+  chooses serial bytes, TCP bytes, or a CBOR body that the target signs with the key
+  (so that the shapes behind the MAC are reached) for a record-holder or a primary.
 
 The same targets serve atheris (``python -m tools.fuzz``) and the test suite
 (``tests/fuzz``), which replays the kept corpus and a short random pass.
@@ -309,11 +313,85 @@ def fuzz_link(data: bytes) -> None:
                 raise FuzzFailure(f"{frame!r:.100} does not survive encode/decode")
 
 
+# -- the peer link -----------------------------------------------------------------------
+
+PEER_KEY = b"fuzz-peer-key"
+_PEER_MAX = 4096
+
+
+_peer_boots: dict[str, Any] = {}
+
+
+def _peer_core(role: str) -> Any:
+    """A fresh core of node "b" (its FRAM formatted once per role: the core copies it)."""
+    from firmware.peer.config import PairConfig, serial_link, tcp_link
+    from firmware.peer.core import PairCore
+    from firmware.peer.held import PairFram, PairState
+
+    if role not in _peer_boots:
+        fram = PairFram(RamNvram(bytes(4096)))
+        fram.format(PairState("b", "a", role, held_complete=True), 16)
+        config = PairConfig("b", "a", PEER_KEY, (tcp_link("tcp"), serial_link("serial")))
+        _peer_boots[role] = (config, fram.open_boot())
+    config, loaded = _peer_boots[role]
+    return PairCore(config, loaded, now=0.0)
+
+
+def _peer_payload(payload: bytes, role: str) -> None:
+    from firmware.peer import frames as f
+    from firmware.peer.events import FrameIn, LinkUp, Persist, Send, Tick
+
+    gate = f.FrameGate(PEER_KEY, node="b", peer="a")
+    try:
+        frame = gate.open(payload)
+    except f.Refusal as refusal:
+        if refusal.header is not None and refusal.reason not in (
+                "unknown-type", "malformed", "version", "replay", "source"):
+            raise FuzzFailure(f"authentic frame refused as {refusal.reason}") from None
+        return
+    if f.decode(PEER_KEY, f.encode(PEER_KEY, frame)) != frame:
+        raise FuzzFailure(f"{frame!r:.100} does not survive encode/decode")
+    try:
+        gate.open(payload)
+    except f.Refusal:
+        pass
+    else:
+        raise FuzzFailure("the same frame accepted twice")
+    core = _peer_core(role)
+    core.handle(0.0, LinkUp("tcp"))
+    for event in (FrameIn("tcp", payload), Tick(), FrameIn("serial", payload), Tick()):
+        for action in core.handle(0.5, event):
+            if isinstance(action, Send) and f.decode(PEER_KEY, action.payload) != action.frame:
+                raise FuzzFailure("the core sent a frame that does not decode")
+            if isinstance(action, Persist) and not action.changes:
+                raise FuzzFailure("an empty FRAM change")
+
+
+def fuzz_peer(data: bytes) -> None:
+    from firmware.peer import frames as f
+    from firmware.peer.framing import SerialFrameDecoder, TcpFrameDecoder
+
+    if len(data) < 2:
+        return
+    mode = data[0] % 4
+    body = data[2:]
+    if mode >= 2:
+        _peer_payload(f.tag(PEER_KEY, body) + body, ("record-holder", "primary")[mode - 2])
+        return
+    decoder: Any = (SerialFrameDecoder if mode == 0 else TcpFrameDecoder)(_PEER_MAX)
+    for piece in pieces(body, data[1]):
+        for payload in decoder.feed(piece):
+            if not 0 < len(payload) <= _PEER_MAX:
+                raise FuzzFailure(f"a payload of {len(payload)} bytes")
+            _peer_payload(payload, "record-holder")
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "nbd": fuzz_nbd,
     "console": fuzz_console,
     "record": fuzz_record,
     "link": fuzz_link,
+    "peer": fuzz_peer,
 }
 
 
@@ -346,11 +424,38 @@ def seeds() -> dict[str, list[bytes]]:
             b"\x01" + record_image(1 << 20, 4096, [0, 255], adopted=False)[:200],
         ],
         "link": [],
+        "peer": [],
     }
     try:
         out["link"] = _link_seeds()
     except ImportError:
         pass
+    try:
+        out["peer"] = _peer_seeds()
+    except ImportError:
+        pass
+    return out
+
+
+def _peer_seeds() -> list[bytes]:
+    from firmware.peer import frames as f
+    from firmware.peer.framing import encode_serial, encode_tcp
+
+    hello = ("primary", False, "", (0, ""), 16, 0, 0, (1, 1), ("mark-runs",), False)
+    messages: list[f.Message] = [
+        f.Hello(*hello), f.HelloAck(1, *hello), f.Heartbeat(3000, 0, True),
+        f.HeartbeatAck(1, 3000, 2), f.Mark(1, 1 << 33, ((0, 3, 0), (9, 1, 1))), f.MarkAck(1),
+        f.Clear(2, ((0, 1 << 33), (1, 5))), f.ClearAck(2), f.ReconcileReq(3),
+        f.Reconcile(3, 0, 1, ((4, 7, 2),)), f.ReconcileAck(3, 0),
+        f.FenceNotice("lease", "took over", "a", (1, "")), f.Nak(4, "full", "")]
+    sealer = f.FrameSealer(PEER_KEY, node="a", boot=1)
+    payloads = [sealer.seal(m, epoch=1, ack=0, peer_boot=1)[1] for m in messages]
+    out = [b"\x02\xff" + p[f.TAG_SIZE:] for p in payloads]
+    out += [b"\x03\xff" + p[f.TAG_SIZE:] for p in payloads[:6]]
+    out.append(b"\x00\x07" + b"".join(encode_serial(p) for p in payloads))
+    out.append(b"\x01\xff" + b"".join(encode_tcp(p) for p in payloads[:4]))
+    out.append(b"\x00\x0b" + b"noise\x00" + encode_serial(payloads[0])[:9]
+               + encode_serial(payloads[1]))
     return out
 
 

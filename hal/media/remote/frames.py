@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -39,6 +38,18 @@ from typing import Any, ClassVar, TypeVar, dataclass_transform
 import cbor2
 
 from hal.media.remote.generations import MAX_HISTORY, Decision, SyncState, decide, explain
+from hal.wire import (
+    Check,
+    MalformedCbor,
+    blob,
+    flag,
+    list_of,
+    maybe,
+    one_of,
+    strict_cbor,
+    text,
+    u64,
+)
 
 PROTOCOL_VERSION = 1
 MAX_DATA = 4 * 1024 * 1024  # bytes in one WRITE or DATA frame (a longer write takes several)
@@ -49,7 +60,6 @@ MAX_ID = 64  # volume uuid and generation ids
 NONCE_SIZE = 32
 MIN_BLOCK = 512
 MAX_BLOCK = 1024 * 1024
-MAX_U64 = (1 << 64) - 1
 SENDER = "sender"
 RECEIVER = "receiver"
 
@@ -82,42 +92,12 @@ def digest_count(length: int, block_size: int) -> int:
 
 # --- field checks ------------------------------------------------------------------------
 
-Check = Callable[[Any], bool]
-
-
-def _u64(v: Any) -> bool:
-    return type(v) is int and 0 <= v <= MAX_U64
-
-
-def _flag(v: Any) -> bool:
-    return type(v) is bool
-
-
-def _blob(limit: int) -> Check:
-    return lambda v: type(v) is bytes and len(v) <= limit
-
-
-def _text(limit: int = MAX_TEXT) -> Check:
-    return lambda v: type(v) is str and len(v) <= limit
-
-
-def _maybe(check: Check) -> Check:
-    return lambda v: v is None or check(v)
-
-
-def _list_of(check: Check, limit: int) -> Check:
-    return lambda v: type(v) is list and len(v) <= limit and all(check(x) for x in v)
-
-
-def _one_of(*values: str) -> Check:
-    return lambda v: type(v) is str and v in values
-
-
-_ROLE = _one_of(SENDER, RECEIVER)
-_ID = _text(MAX_ID)
+_TEXT = text(MAX_TEXT)
+_ROLE = one_of(SENDER, RECEIVER)
+_ID = text(MAX_ID)
 _NONCE = lambda v: type(v) is bytes and len(v) == NONCE_SIZE  # noqa: E731
 _MAC = lambda v: type(v) is bytes and len(v) == hashlib.sha256().digest_size  # noqa: E731
-_ALG = _one_of(*DIGEST_ALGS)
+_ALG = one_of(*DIGEST_ALGS)
 
 
 # --- frames ------------------------------------------------------------------------------
@@ -149,7 +129,7 @@ def _frame(type_number: int, *checks: Check) -> Callable[[type[_F]], type[_F]]:
     return register
 
 
-@_frame(1, _u64, _ROLE, _maybe(_ID), _u64, _maybe(_ID), _list_of(_ID, MAX_HISTORY), _flag)
+@_frame(1, u64, _ROLE, maybe(_ID), u64, maybe(_ID), list_of(_ID, MAX_HISTORY), flag)
 class Hello(Frame):
     """Who I am once authenticated: my copy's size and generations."""
 
@@ -165,7 +145,7 @@ class Hello(Frame):
         return SyncState(self.volume_uuid, self.current, tuple(self.history), self.consistent)
 
 
-@_frame(2, _u64, _ROLE, _NONCE)
+@_frame(2, u64, _ROLE, _NONCE)
 class Challenge(Frame):
     version: int
     role: str
@@ -177,7 +157,7 @@ class Response(Frame):
     mac: bytes
 
 
-@_frame(4, _u64, _u64, _u64, _blob(MAX_DATA))
+@_frame(4, u64, u64, u64, blob(MAX_DATA))
 class Write(Frame):
     epoch: int
     seq: int
@@ -185,7 +165,7 @@ class Write(Frame):
     data: bytes
 
 
-@_frame(5, _u64, _u64, _u64, _u64, _flag)
+@_frame(5, u64, u64, u64, u64, flag)
 class Zero(Frame):
     epoch: int
     seq: int
@@ -194,7 +174,7 @@ class Zero(Frame):
     punch: bool
 
 
-@_frame(6, _u64, _u64)
+@_frame(6, u64, u64)
 class Barrier(Frame):
     """Closes ``epoch``, which held ``count`` WRITE/ZERO frames (seq 0..count-1)."""
 
@@ -202,7 +182,7 @@ class Barrier(Frame):
     count: int
 
 
-@_frame(7, _u64, _flag)
+@_frame(7, u64, flag)
 class EpochAck(Frame):
     """``durable``: applied and flushed; False: received whole, being applied."""
 
@@ -210,7 +190,7 @@ class EpochAck(Frame):
     durable: bool
 
 
-@_frame(8, _u64, _u64, _u64, _u64, _ALG)
+@_frame(8, u64, u64, u64, u64, _ALG)
 class DigestReq(Frame):
     req_id: int
     offset: int
@@ -219,7 +199,7 @@ class DigestReq(Frame):
     alg: str
 
 
-@_frame(9, _u64, _u64, _u64, _ALG, _list_of(_blob(64), MAX_DIGESTS))
+@_frame(9, u64, u64, u64, _ALG, list_of(blob(64), MAX_DIGESTS))
 class Digests(Frame):
     req_id: int
     offset: int
@@ -228,21 +208,21 @@ class Digests(Frame):
     digests: tuple[bytes, ...] | list[bytes]
 
 
-@_frame(10, _u64, _u64, _u64)
+@_frame(10, u64, u64, u64)
 class ReadReq(Frame):
     req_id: int
     offset: int
     length: int
 
 
-@_frame(11, _u64, _u64, _blob(MAX_DATA))
+@_frame(11, u64, u64, blob(MAX_DATA))
 class Data(Frame):
     req_id: int
     offset: int
     data: bytes
 
 
-@_frame(12, _flag, _maybe(_ID), _list_of(_ID, MAX_HISTORY))
+@_frame(12, flag, maybe(_ID), list_of(_ID, MAX_HISTORY))
 class State(Frame):
     """Sender -> receiver: become (in)consistent; consistent also hands over the generation.
 
@@ -254,13 +234,13 @@ class State(Frame):
     history: tuple[str, ...] | list[str]
 
 
-@_frame(13, _text(64), _text())
+@_frame(13, text(64), _TEXT)
 class Error(Frame):
     code: str
     message: str
 
 
-@_frame(14, _text())
+@_frame(14, _TEXT)
 class Bye(Frame):
     reason: str
 
@@ -279,13 +259,9 @@ def encode_frame(frame: Frame) -> bytes:
 def decode_payload(payload: bytes) -> Frame:
     """One frame from its CBOR payload; anything but an exact frame is a ProtocolError."""
     try:
-        fp = io.BytesIO(payload)
-        value = cbor2.CBORDecoder(fp, max_depth=2, allow_indefinite=False).decode()
-        consumed = fp.tell()
-    except Exception as exc:  # cbor2 raises several kinds; all mean garbage here
+        value = strict_cbor(payload, max_depth=2)
+    except MalformedCbor as exc:
         raise ProtocolError(f"undecodable frame: {exc}") from None
-    if consumed != len(payload):
-        raise ProtocolError("trailing bytes after frame")
     if type(value) is not list or not value or type(value[0]) is not int:
         raise ProtocolError("frame is not [type, fields...]")
     cls = FRAME_TYPES.get(value[0])
