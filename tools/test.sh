@@ -16,7 +16,8 @@ if [ "${1:-}" = --quick ]; then
         tests/record tests/hal tests/fuzz/test_record_decoder.py \
         tests/nbd/test_nbd_protocol.py tests/tcmu/test_tcmu_ring.py tests/tcmu/test_tcmu_scsi.py \
         tests/console/test_console_grammar.py \
-        tests/link/test_link_frames.py tests/link/test_link_machines.py tests/test_layers.py
+        tests/link/test_link_frames.py tests/link/test_link_machines.py tests/peer \
+        tests/test_layers.py
 fi
 if [ "${TANDEM_SKIP_RIG:-0}" != 1 ]; then
     echo "test: virtual rig stage (hil-tests/ inside a QEMU VM running Debian's kernel)" >&2

@@ -1149,6 +1149,10 @@ class PairCore:
     def _on_hello(self, link: str, h: Header, msg: Hello | HelloAck) -> None:
         if isinstance(msg, HelloAck) and h.pb != self._boot:
             return
+        peer = self._peer
+        if peer is not None and h.boot == peer.boot and h.ep < peer.epoch:
+            self._count_refused("stale-epoch")  # a late HELLO: a node's epoch only grows
+            return
         if msg.versions[0] > PROTOCOL_VERSION or msg.versions[1] < PROTOCOL_VERSION:
             self._count_refused("version")
             self._nak(link, h, "version", f"this node speaks {PROTOCOL_VERSION}")
@@ -1227,7 +1231,9 @@ class PairCore:
                                                epoch_creator=self.config.node,
                                                parent=_epoch_id(s))
                     self._when_durable(self._hello)
-            elif self._handover_in is None:
+            elif self._handover_in is None or self._handover_in.done:
+                # Asked again while the peer still says it is behind: it has not let go
+                # yet (a lost answer, a restart); the merge is a union, asking is safe.
                 self._handover_in = self._request_reconcile()
         elif relation is Relation.SPLIT_BRAIN:
             if not self._split:

@@ -183,13 +183,14 @@ class PairSim:
             return
         if tear_at is not None and node.fram_queue:
             assert node.fram is not None
+            before = self.durable(name)
             node.nvram.cut_after = tear_at
             try:
                 for change in node.fram_queue[0].changes:
                     node.fram.apply(change)
             except PowerLost:
                 pass
-            self.check_fram(name)
+            self.check_fram(name, before)
         node.core = None
         node.fram = None
         node.fram_queue.clear()
@@ -414,25 +415,18 @@ class PairSim:
             raise InvariantViolation(f"I3: {name} writes {sorted(missing)} to D before they "
                                      f"are durable in {where}")
 
-    def check_fram(self, name: str, before: LoadedPair | None = None) -> None:
-        """I8: an entry leaves a record-holder's HELD only by a CLEAR not older than it,
-        or by the node's own handover (its whole record at once, acknowledged)."""
-        if before is None:
-            return
+    def check_fram(self, name: str, before: LoadedPair) -> None:
+        """I8: an entry leaves a record-holder's HELD only by a CLEAR not older than it.
+        (A stale node's handover wipes its tables in the change that adopts the new
+        epoch, and a sole owner clears its inherited HELD itself: both are exempt.)"""
         after = self.durable(name)
         if before.state.role != RECORD_HOLDER or after.state.epoch != before.state.epoch:
             return
         cleared = self.clears_delivered[name]
         for r, e in before.held.items():
-            if r in after.held:
-                continue
-            if cleared.get(r, -1) < e.gen and not self._wiped(before, after):
+            if r not in after.held and cleared.get(r, -1) < e.gen:
                 raise InvariantViolation(f"I8: {name} dropped ({r}, gen {e.gen}) without a "
                                          f"CLEAR at that gen (highest {cleared.get(r)})")
-
-    @staticmethod
-    def _wiped(before: LoadedPair, after: LoadedPair) -> bool:
-        return not after.held and not after.intent
 
     def check(self) -> None:
         """I1, I2 and I10 after a step."""

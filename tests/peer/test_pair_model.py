@@ -32,6 +32,7 @@ from hypothesis.stateful import (
 )
 
 from firmware.peer import events as ev
+from firmware.peer import frames as f
 from firmware.peer.config import PairConfig, PeerState
 from firmware.peer.core import PairCore
 from firmware.peer.frames import PRIMARY
@@ -314,3 +315,27 @@ def test_the_model_catches_a_write_before_mark_ack() -> None:
     quick = settings(MODEL_SETTINGS, max_examples=200, phases=[Phase.generate])
     with pytest.raises(InvariantViolation, match="I3"):
         run_state_machine_as_test(MutantModel, settings=quick)
+
+
+class ClearsWithoutComparing(PairCore):
+    """Lesson 3: a plain clear. The holder drops the region whatever gen it holds, so a
+    write that raced the clear (its MARK arrived first) loses its entry."""
+
+    def _on_clear(self, link, h, msg) -> None:  # noqa: ANN001  # the handler the mutant bends
+        for region, _ in msg.entries:
+            self._tables["held"].drop(region)
+        batch = msg.batch
+        self._when_durable(lambda: self._send_data(f.ClearAck(batch)))
+
+
+class ClearMutantModel(PairModel):
+    core_factory = staticmethod(
+        lambda config, loaded, now: ClearsWithoutComparing(config, loaded, now=now))
+
+
+def test_the_model_catches_a_clear_that_does_not_compare_generations() -> None:
+    # The race needs a clear overtaken by a new MARK: more examples than the main run.
+    longer = settings(MODEL_SETTINGS, max_examples=1000, phases=[Phase.generate])
+    with pytest.raises(InvariantViolation, match=r"I\d"):  # I2, I3 or I8 sees it first
+        run_state_machine_as_test(ClearMutantModel, settings=longer)
+
