@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import os
 import struct
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import cbor2
 
 from hal.media.remote.frames import MAX_FRAME_SIZE, Write, Zero
+from hal.wire import MalformedCbor, strict_cbor
 
 _PREFIX = struct.Struct(">I")
 _READ_CHUNK = 4 * 1024 * 1024
@@ -158,11 +158,8 @@ def _encode(record: list) -> bytes:
 
 def _decode(payload: bytes) -> list | None:
     try:
-        fp = io.BytesIO(payload)
-        value = cbor2.CBORDecoder(fp, max_depth=1, allow_indefinite=False).decode()
-        if fp.tell() != len(payload):
-            return None
-    except Exception:  # a torn or stale record: the journal ends here
+        value = strict_cbor(payload, max_depth=1)
+    except MalformedCbor:  # a torn or stale record: the journal ends here
         return None
     if type(value) is not list or not value:
         return None
