@@ -74,6 +74,8 @@ from hal.media.remote.net import PACE_SLICE, TokenBucket, set_keepalive
 
 log = logging.getLogger("tandem.link")
 
+GOODBYE_DRAIN_S = 2.0  # how long a close waits for the queued frames and the BYE to leave
+
 READ_SIZE = 1024 * 1024
 
 
@@ -290,9 +292,8 @@ class RemoteMedium:
             link, self._link = self._link, None
             if link is not None and link.failure is None and not on_loop:
                 with self._cond:
-                    link.machine.bye("closed by the appliance")
-                    self._enqueue(link)
-                    deadline = time.monotonic() + 2.0
+                    self._say_goodbye(link)
+                    deadline = time.monotonic() + GOODBYE_DRAIN_S
                     while link.queued and link.failure is None and time.monotonic() < deadline:
                         self._cond.wait(0.1)
             if link is not None:
@@ -317,12 +318,16 @@ class RemoteMedium:
             return
         if link.failure is None:
             with self._cond:
-                link.machine.bye("closed by the appliance")
-                self._enqueue(link)
-            deadline = time.monotonic() + 2.0
+                self._say_goodbye(link)
+            deadline = time.monotonic() + GOODBYE_DRAIN_S
             while link.queued and link.failure is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
         await self._close_link(link)
+
+    def _say_goodbye(self, link: _Link) -> None:
+        """Queue the BYE that tells the receiver this session ends cleanly (holds _cond)."""
+        link.machine.bye("closed by the appliance")
+        self._enqueue(link)
 
     def _on_loop_thread(self) -> bool:
         try:
