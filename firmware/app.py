@@ -28,6 +28,7 @@ from board import load_profile
 from firmware.environment import Environment
 from firmware.mirror.mirror import Mirror, MirrorConfig
 from firmware.parsing import parse_host_port, parse_size
+from firmware.peer.node import PairNode, PairSettings
 from firmware.record.group_commit import GroupCommitStore
 from firmware.record.layout import Geometry, LayoutError, new_volume_uuid
 from firmware.record.policy import POINTS, RecordPolicy, SequentialLru, make_policy
@@ -78,6 +79,8 @@ class Settings:
     # The frontends start() serves: NBD and the console (TCMU with tcmu).
     serve_nbd: bool = True
     serve_console: bool = True
+    # A node of a pair (issue 15): the record lives on the peer (firmware/peer/node.py).
+    pair: PairSettings | None = None
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Appliance:
         self.tcmu: Any = None
         self.console: Any = None
         self.startup: StartupReport | None = None
+        self.pair: PairNode | None = None
 
     # -- start-up -------------------------------------------------------------------
 
@@ -144,10 +148,14 @@ class Appliance:
             raise SystemExit(f"tandem: second medium {self.second.name} ({self.second.size} B) "
                              f"is smaller than the local one ({self.local.size} B)")
         self.nvram = env.open_nvram(self.profile["nvram"])
-        self.store = NvramRecordStore(self.nvram)
         region_size = s.region_size or parse_size(self._defaults("region_size") or "64K")
         budget = s.resync_budget or parse_size(self._defaults("resync_budget") or "1G")
         fresh = not existed["local"] and not existed["second"]
+        self.pair = None
+        if s.pair is not None:
+            self._open_pair(s.pair, region_size, budget, fresh)
+            return
+        self.store = NvramRecordStore(self.nvram)
         geometry, regions, report = self._recover_record(region_size, fresh)
         self.geometry = geometry
         self.startup = report
@@ -165,6 +173,26 @@ class Appliance:
         self.record = Record(geometry, self.commits, capacity_regions=max(1, budget // region_size),
                              policy=policy, initial_regions=regions, now=env.clock(),
                              quiet_evict_s=s.quiet_evict_s)
+
+    def _open_pair(self, settings: PairSettings, region_size: int, budget: int,
+                   fresh: bool) -> None:
+        """The record on the peer: the NVRAM holds the pair's tables, both media are
+        written only while the pair allows it, the record's store is the pair's."""
+        inline = not self.nvram.slow_writes
+        self.pair = pair = PairNode(settings, self.nvram, media_existed=not fresh,
+                                    clock=self.env.clock,
+                                    fram_executor=None if inline else self._executor("nvram"))
+        self.local = pair.fence(self.local)
+        self.second = pair.fence(self.second)
+        # Both nodes number regions alike: the same volume and --region-size on both.
+        self.geometry = Geometry(self.local.size, region_size, new_volume_uuid())
+        self.startup = StartupReport(0, pair.startup)
+        self.commits = pair.store  # type: ignore[assignment]  # the RecordStore seam
+        self.record = Record(self.geometry, pair.store,
+                             capacity_regions=max(1, budget // region_size),
+                             policy=make_policy(self.settings.point)
+                             if self.settings.point != "sequential-lru" else SequentialLru(),
+                             now=self.env.clock(), quiet_evict_s=self.settings.quiet_evict_s)
 
     def _executor(self, name: str) -> concurrent.futures.Executor:
         executor = self.env.executor(name)
@@ -235,23 +263,69 @@ class Appliance:
         if s.tidy_interval_s is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(
                 self._tidy(s.tidy_interval_s), name="tidy"))
+        if self.pair is not None:
+            await self.pair.start(self.record, self.mirror)
 
     async def start(self) -> None:
-        from firmware.frontends.nbd.server import serve_nbd
 
         await self.start_storage()
+        if self.settings.serve_console:
+            await self._start_console()
+        if self.pair is None:
+            await self._start_frontends()
+            return
+        # A node of a pair serves hosts only while the pair says so (a takeover starts
+        # them on the record-holder; a primary that turns out stale stops them).
+        self._frontends_wanted = False
+        self._frontends_change: asyncio.Task[None] | None = None
+        self.pair.serve = self._want_frontends
+        self._want_frontends(self.pair.core.serving)
+
+    async def _start_frontends(self) -> None:
+        from firmware.frontends.nbd.server import serve_nbd
+
         s = self.settings
         if s.serve_nbd:
             self.nbd_server = await serve_nbd(self.volume, s.nbd_host, s.nbd_port,
                                               export_name=s.export)
-        if s.serve_console:
-            await self._start_console()
         if s.tcmu:
             from firmware.frontends.tcmu.service import start_tcmu_frontend
 
             self.tcmu = await start_tcmu_frontend(
                 self.volume, s.tcmu_name, tcm_loop=s.tcm_loop, iscsi_portal=s.iscsi_portal,
                 iscsi_iqn=s.iscsi_iqn)
+
+    async def _stop_frontends(self) -> None:
+        if self.tcmu is not None:
+            await self.tcmu.close()
+            self.tcmu = None
+        if self.nbd_server is not None:
+            await self.nbd_server.close()
+            self.nbd_server = None
+
+    def _want_frontends(self, serving: bool) -> None:
+        """The pair's word (any number of times): start or stop the frontends, one
+        change at a time, in the order asked."""
+        if serving == self._frontends_wanted:
+            return
+        self._frontends_wanted = serving
+        before = self._frontends_change
+
+        async def change() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            try:
+                if serving:
+                    await self._start_frontends()
+                    log.info("pair: serving hosts")
+                else:
+                    await self._stop_frontends()
+                    log.info("pair: not serving hosts (record-holder)")
+            except OSError as exc:
+                log.error("pair: frontends: %s", exc)
+
+        self._frontends_change = asyncio.get_running_loop().create_task(change(),
+                                                                        name="frontends")
 
     async def _start_console(self) -> None:
         from firmware.console.commands import console_commands
@@ -270,6 +344,10 @@ class Appliance:
 
         table = console_commands(self)
         register_mirror_commands(table, lambda: self.mirror)  # verify, link
+        if self.pair is not None:
+            from firmware.peer.commands import register_peer_commands
+
+            register_peer_commands(table, lambda: self.pair)
         self.console = ConsoleServer(table, tcp=tcp, pty=pty,
                                      serial_device=spec.get("device"),
                                      baudrate=int(spec.get("baudrate", 115200)))
@@ -288,10 +366,11 @@ class Appliance:
                 log.error("record tidy failed: %s", exc)
 
     async def _stop_serving(self) -> None:
-        if self.tcmu is not None:
-            await self.tcmu.close()
-        if self.nbd_server is not None:
-            await self.nbd_server.close()
+        change = getattr(self, "_frontends_change", None)
+        if self.pair is not None and change is not None:
+            self.pair.serve = lambda serving: None
+            await asyncio.gather(change, return_exceptions=True)
+        await self._stop_frontends()
         if self.console is not None:
             self.console.close()
             await self.console.wait_closed()
@@ -305,6 +384,8 @@ class Appliance:
             self.local_io.flush()  # a failed medium raises: then nothing is evicted
             self.record.evict_clean()  # what is mirrored needs no resync at next start
         await self.commits.close()
+        if self.pair is not None:
+            await self.pair.stop(graceful=True)
         self._shutdown_executors(wait=True)
         if isinstance(self.second, RemoteMedium):
             await self.second.aclose()  # its link runs on this loop: goodbye, then close
@@ -316,6 +397,8 @@ class Appliance:
         ``close_devices()`` closes them."""
         await self._stop_serving()
         await self.commits.abandon()
+        if self.pair is not None:
+            await self.pair.stop(graceful=False)
         self._shutdown_executors(wait=False)
 
     def close_devices(self) -> None:
@@ -366,6 +449,8 @@ class Appliance:
         out["local_medium_error"] = None if failure is None else failure.strerror
         if self.startup:
             out["startup"] = self.startup.reason
+        if self.pair is not None:
+            out.update(self.pair.status_keys())
         return out
 
     def record_regions(self) -> list[int]:
@@ -398,7 +483,17 @@ async def _serve(settings: Settings) -> int:
     print(f"tandem: board {app.profile.get('name')} · volume {app.local.size} bytes · "
           f"region {app.geometry.region_size} · {app.startup.reason if app.startup else ''}",
           flush=True)
-    print(f"tandem: NBD on nbd://{s.nbd_host}:{s.nbd_port}/{s.export}", flush=True)
+    if app.pair is not None:
+        node = app.pair
+        listen = node.runtime.listener.address if node.runtime.listener else None
+        print(f"tandem: pair node {node.config.node} (peer {node.config.peer}) · "
+              f"{node.core.role} at epoch {node.core.epoch} · {node.startup}"
+              + (f" · peer link listening on {listen[0]}:{listen[1]}" if listen else ""),
+              flush=True)
+        print(f"tandem: NBD on nbd://{s.nbd_host}:{s.nbd_port}/{s.export} "
+              f"{'(serving)' if node.core.serving else '(once the pair allows)'}", flush=True)
+    else:
+        print(f"tandem: NBD on nbd://{s.nbd_host}:{s.nbd_port}/{s.export}", flush=True)
     if app.console.pty_path:
         print(f"tandem: console on pty {app.console.pty_path}", flush=True)
     if app.console.tcp_address:
@@ -472,6 +567,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --remote HOST:PORT: TLS, verified against the system's CAs")
     p.add_argument("--tls-ca", metavar="FILE",
                    help="with --remote HOST:PORT: TLS, verified against this CA file")
+    pair = p.add_argument_group("pair (docs/pair.md): the record held on a peer appliance")
+    pair.add_argument("--node", metavar="NAME", help="this appliance's name in the pair")
+    pair.add_argument("--peer", metavar="URL", action="append", default=[], dest="peers",
+                      help="a link to the peer: tcp://HOST:PORT (its --peer-listen), or a "
+                           "serial device / pyserial URL (socket://, rfc2217://); repeat "
+                           "for a second, independent link")
+    pair.add_argument("--peer-listen", metavar="[HOST:]PORT",
+                      help="accept the peer's TCP link here")
+    pair.add_argument("--peer-key", metavar="FILE",
+                      help="the pair's shared secret (the file's whole content, 16+ bytes)")
+    pair.add_argument("--pair-role", choices=["primary", "record-holder"], default="primary",
+                      help="the role a node without a pair record starts in (a node that "
+                           "has one keeps what its FRAM says)")
+    pair.add_argument("--peer-node", metavar="NAME",
+                      help="the peer's name (default: a<->b, 1<->2 by the last character, "
+                           "else NAME-peer)")
+    pair.add_argument("--fence-command", metavar="CMD",
+                      help="run before taking over from a silent peer (a power switch, a "
+                           "reset line); exit 0: the peer is off")
+    pair.add_argument("--fence-timeout", type=float, default=30.0, metavar="S")
+    pair.add_argument("--lease", type=float, default=3.0, metavar="S",
+                      help="the primary's lease on writing the media (default 3)")
+    pair.add_argument("--no-auto-takeover", action="store_true",
+                      help="the record-holder takes over only on 'peer takeover'")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_run)
 
@@ -495,8 +614,25 @@ def _run(args: argparse.Namespace) -> int:
     if settings.remote and not settings.remote.startswith("nbd") and not settings.key_file:
         print("tandem: --remote HOST:PORT needs --key-file", file=sys.stderr)
         return 2
+    if args.node or args.peers:
+        if not (args.node and args.peers and args.peer_key):
+            print("tandem: a pair node needs --node, --peer and --peer-key", file=sys.stderr)
+            return 2
+        if settings.remote:
+            print("tandem: --remote and a pair do not mix (both nodes reach one second "
+                  "medium)", file=sys.stderr)
+            return 2
+        try:
+            settings.pair = PairSettings(
+                node=args.node, peers=tuple(args.peers), key_file=args.peer_key,
+                role=args.pair_role, peer_node=args.peer_node, listen=args.peer_listen,
+                fence_command=args.fence_command, fence_timeout_s=args.fence_timeout,
+                lease_s=args.lease, auto_takeover=not args.no_auto_takeover)
+        except ValueError as exc:
+            print(f"tandem: {exc}", file=sys.stderr)
+            return 2
     try:
         return asyncio.run(_serve(settings))
-    except (LayoutError, OSError) as exc:
+    except (LayoutError, OSError, ValueError) as exc:
         print(f"tandem: {exc}", file=sys.stderr)
         return 1

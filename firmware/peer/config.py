@@ -50,7 +50,8 @@ class PairConfig:
     lease_early_s: float = 0.3  # the primary's lease ends this much before the holder's
     takeover_margin_s: float = 1.0  # the holder waits this past its last grant
     retransmit_s: float = 0.5
-    mark_batch: int = 32  # regions in one MARK
+    mark_batch: int = 32  # runs of consecutive regions in one MARK
+    mark_regions: int = 2048  # regions in one MARK (the holder's FRAM write per batch)
     mark_window: int = 4  # MARK batches outstanding at once
     clear_batch: int = 32
     clear_delay_s: float = 1.0  # a queued clear waits at most this long for company
@@ -73,7 +74,8 @@ class PairConfig:
             raise ValueError("at least one link, each with its own name")
         if not 0 <= self.lease_early_s < self.lease_s or self.takeover_margin_s < 0:
             raise ValueError("lease_early_s must be below lease_s; the margin non-negative")
-        if not 1 <= self.mark_batch <= MAX_MARK_RUNS or self.mark_window < 1:
+        if (not 1 <= self.mark_batch <= MAX_MARK_RUNS or self.mark_window < 1
+                or self.mark_regions < 1):
             raise ValueError("mark_batch and mark_window out of range")
         if not 1 <= self.clear_batch <= MAX_CLEAR_ENTRIES:
             raise ValueError("clear_batch out of range")

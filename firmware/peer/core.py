@@ -503,6 +503,29 @@ class PairCore:
                     or region in self._resync)
         return region in self._lc or region in self._acked or region in self._resync
 
+    def is_dirty(self, region: int) -> bool:
+        """``region in dirty_regions()``, without building the set."""
+        return self._is_dirty(region)
+
+    @property
+    def io_deadline(self) -> float | None:
+        """Until when media writes (D, and the mirror's to M) may be issued: None for no
+        limit (a sole owner), else the monotonic time the lease ends (-inf: not now).
+        The runtime checks this again right before each write (a pause in between)."""
+        if not self._io_allowed():
+            return float("-inf")
+        return None if self._sole_mode else self._lease_until
+
+    @property
+    def serving(self) -> bool:
+        """This node may serve hosts: a sole owner, or a primary that the peer has
+        confirmed as such this boot (a restarted node might be stale: it waits to hear
+        the peer), neither stale nor in a split brain. Writes still wait for a lease."""
+        if self._io_allowed():
+            return True
+        return (self.role == PRIMARY and self._relation is Relation.NORMAL
+                and not (self._stale or self._split or self._yielding or self._behind))
+
     def mirror_snapshot(self, region: int) -> int | None:
         """The gen to pass to ``Mirrored`` once ``region`` is copied, or None if it may
         not be copied now (frozen, a write to it in flight or waiting, nothing to copy)."""
@@ -855,9 +878,9 @@ class PairCore:
                 or not self._pair_mode or self._stale or self._split):
             return
         while self._mark_queue and len(self._marks_out) < self.config.mark_window:
-            if self._marks_out and len(self._mark_queue) < self.config.mark_batch:
+            regions, full = self._next_batch()
+            if self._marks_out and not full:
                 break  # group commit: wait for the outstanding batch or a full one
-            regions = dict(sorted(self._mark_queue.items())[:self.config.mark_batch])
             for r in regions:
                 del self._mark_queue[r]
             gen = self._fresh_gen()
@@ -867,6 +890,25 @@ class PairCore:
                 self._marking[r] = batch_id
                 self._gen[r] = gen
             self._marks_out[batch_id] = _Batch(gen, regions, self._now)
+
+    def _next_batch(self) -> tuple[dict[int, int], bool]:
+        """The next MARK's regions (region -> kind): the queue's lowest, at most
+        ``mark_batch`` runs and ``mark_regions`` regions; and whether it is full. A
+        sequential write's regions and its predicted ones are two runs: one MARK."""
+        cfg = self.config
+        batch: dict[int, int] = {}
+        runs = 0
+        previous: tuple[int, int] | None = None
+        for r, kind in sorted(self._mark_queue.items()):
+            if previous is None or previous != (r - 1, kind):
+                if runs == cfg.mark_batch:
+                    return batch, True
+                runs += 1
+            batch[r] = kind
+            previous = (r, kind)
+            if len(batch) == cfg.mark_regions:
+                return batch, True
+        return batch, False
 
     def _on_mark_ack(self, msg: MarkAck) -> None:
         batch = self._marks_out.pop(msg.batch, None)

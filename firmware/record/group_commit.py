@@ -97,6 +97,9 @@ class GroupCommitStore:
         pending = self._pending
         return max((pending.get(r, 0) for r in regions), default=0)
 
+    def ended(self, transaction: int) -> None:
+        pass  # a batch belongs to no single write
+
     async def durable(self, batch: int | None = None) -> None:
         """Wait until ``batch`` (default: everything staged so far) is in NVRAM (at
         once inline: nothing is ever staged there)."""

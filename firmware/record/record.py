@@ -58,6 +58,9 @@ class WriteTicket:
     transaction: int
     regions: range  # the regions the write touches
     ended: bool = False
+    # What the store answered for this write (kept after ``transaction`` is cleared):
+    # a store that admits each write, the pair's, hears of its end with it.
+    admission: int = 0
 
 
 @dataclass
@@ -203,7 +206,8 @@ class Record:
         if not missing:
             self.counters.hits += 1
         self._inflight_seqs[seq] = None
-        return WriteTicket(seq, offset, length, self.store.must_wait(span), span)
+        transaction = self.store.must_wait(span)
+        return WriteTicket(seq, offset, length, transaction, span, admission=transaction)
 
     async def durable(self, ticket: WriteTicket) -> None:
         """Return once the write's regions are durable; then its data may be written.
@@ -231,6 +235,8 @@ class Record:
             if state is not None and state.inflight:
                 state.inflight -= 1
         self._inflight_seqs.pop(ticket.seq, None)
+        if ticket.admission:
+            self.store.ended(ticket.admission)
 
     def completed_seq(self) -> int:
         """Every write with a sequence number up to this one has ended."""
@@ -274,6 +280,25 @@ class Record:
             self._members[region] = _Region(now)
         self.policy.on_evicted(evict)
         self.policy.on_admitted(add)
+
+    def name_dirty(self, regions: Iterable[int], now: float) -> int:
+        """Regions that may differ between the media though no write here made them so
+        (what a peer's record or a handover names): members until the mirror copies
+        them by region. The caller makes the mirror copy by region (an ordered mirror
+        would count them as mirrored with the next run). Returns how many were new."""
+        self._seq += 1
+        seq = self._seq
+        members = self._members
+        new: list[int] = []
+        for region in regions:
+            state = members.get(region)
+            if state is None:
+                state = members[region] = _Region(now)
+                new.append(region)
+            state.last_seq = seq
+        if new:
+            self.policy.on_admitted(new)
+        return len(new)
 
     # -- the mirror's progress -----------------------------------------------------
 

@@ -54,6 +54,11 @@ class RecordStore(Protocol):
         """Make earlier NVRAM writes non-volatile (a no-op on FRAM)."""
         ...
 
+    def ended(self, transaction: int) -> None:
+        """The write ``must_wait`` answered ``transaction`` for is on the medium or gave
+        up (a store that admits each write, as the pair's does, lets it go)."""
+        ...
+
 
 class InlineDurability:
     """For stores whose ``commit`` persists before it returns: nothing is ever pending."""
@@ -63,6 +68,9 @@ class InlineDurability:
 
     async def durable(self, transaction: int | None = None) -> None:
         return None
+
+    def ended(self, transaction: int) -> None:
+        pass
 
 
 class NullRecordStore(InlineDurability):

@@ -1,0 +1,256 @@
+"""One appliance as a node of the pair: its settings, FRAM, runtime, store and hooks.
+
+``tandem run --node NAME --peer URL... --peer-listen HOST:PORT --peer-key FILE
+--pair-role primary|record-holder`` builds a ``PairNode`` in the appliance's
+``open_storage``. The node owns the pair's half of the appliance:
+
+- the FRAM: in pair mode the whole NVRAM holds the pair's superblock, HELD and INTENT
+  tables (held.py), not the single appliance's bitmap;
+- both media behind one ``MediaGate``: D and M are written only while the core says so
+  (the lease, or sole ownership), checked right before each write;
+- the record's store (store.py), so that the volume's write path is unchanged;
+- what the core's actions mean for the appliance: regions to resync go into the record
+  and the mirror copies them by region; a takeover starts the frontends; becoming the
+  record-holder stops them; a freeze pauses the mirror.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from firmware.parsing import parse_host_port
+from firmware.peer.config import LinkConfig, PairConfig, serial_link, tcp_link
+from firmware.peer.events import FlushClears, FullResyncDone, RoleChanged, TakeOver
+from firmware.peer.frames import PRIMARY, RECORD_HOLDER
+from firmware.peer.held import LoadedPair, PairFram, PairLayoutError, PairState
+from firmware.peer.links import link_kind
+from firmware.peer.runtime import PairHooks, PairRuntime
+from firmware.peer.store import PeerRecordStore
+from hal.media.base import Medium
+from hal.media.fenced import FencedMedium
+from hal.nvram.base import Nvram
+
+if TYPE_CHECKING:
+    from firmware.mirror.mirror import Mirror
+    from firmware.record.record import Record
+
+log = logging.getLogger("tandem.peer")
+
+ROLES = (PRIMARY, RECORD_HOLDER)
+
+
+@dataclass
+class PairSettings:
+    node: str
+    peers: tuple[str, ...]  # tcp://HOST:PORT, serial devices, pyserial URLs
+    key_file: str
+    role: str = PRIMARY  # the role a blank FRAM starts in
+    peer_node: str | None = None  # the peer's name (default: "b" for "a", ...)
+    listen: str | None = None  # HOST:PORT for the peer's TCP dial
+    fence_command: str | None = None
+    fence_timeout_s: float = 30.0
+    lease_s: float = 3.0
+    auto_takeover: bool = True
+    trust_lease: bool = True
+    anti_entropy_s: float | None = 60.0
+    extra: dict[str, float] = field(default_factory=dict)  # more PairConfig tuning
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"--pair-role: one of {', '.join(ROLES)}, not {self.role!r}")
+        if not self.peers:
+            raise ValueError("a pair needs at least one --peer link")
+
+
+def default_peer_name(node: str) -> str:
+    """The peer's name when ``--peer-node`` is not given: nodes named by a trailing
+    letter or digit pair up (a/b, A/B, tandem-1/tandem-2); else ``NODE-peer``."""
+    if node:
+        last = node[-1]
+        pairs = {"a": "b", "b": "a", "A": "B", "B": "A", "1": "2", "2": "1"}
+        if last in pairs:
+            return node[:-1] + pairs[last]
+    return f"{node}-peer"
+
+
+def read_key(path: str) -> bytes:
+    key = Path(path).read_bytes().strip()
+    if len(key) < 16:
+        raise ValueError(f"--peer-key {path}: the shared key needs at least 16 bytes")
+    return key
+
+
+def pair_config(s: PairSettings, peer: str) -> PairConfig:
+    links: list[LinkConfig] = [tcp_link(url) if link_kind(url) == "tcp" else serial_link(url)
+                               for url in s.peers]
+    return PairConfig(node=s.node, peer=peer, key=read_key(s.key_file), links=tuple(links),
+                      lease_s=s.lease_s, fence_command=bool(s.fence_command),
+                      trust_lease=s.trust_lease, auto_takeover=s.auto_takeover,
+                      anti_entropy_s=s.anti_entropy_s, **s.extra)  # type: ignore[arg-type]
+
+
+def open_pair_fram(nvram: Nvram, s: PairSettings, peer: str, *,
+                   media_existed: bool) -> tuple[PairFram, LoadedPair, str]:
+    """Load the pair's FRAM, or format it for a node that never paired; why, in words."""
+    fram = PairFram(nvram)
+    try:
+        loaded = fram.open_boot()
+    except PairLayoutError as exc:
+        # A primary that finds media with data but no pair record cannot know what may
+        # differ: everything. A blank record-holder holds nothing yet (incomplete).
+        full = s.role == PRIMARY and media_existed
+        fram.format(PairState(s.node, peer, s.role, full_resync=full))
+        loaded = fram.open_boot()
+        why = f"new pair record ({exc}); " + ("FULL RESYNC" if full else "nothing to resync")
+        if full:
+            log.warning("*** pair: no pair record in NVRAM and the media hold data: "
+                        "FULL RESYNC ***")
+        return fram, loaded, why
+    state = loaded.state
+    damaged = sum(loaded.damaged.values())
+    why = (f"pair record: {state.role} at epoch {state.epoch}, {len(loaded.held)} held, "
+           f"{len(loaded.intent)} intent" + (f", {damaged} DAMAGED entries" if damaged else ""))
+    return fram, loaded, why
+
+
+class PairNode:
+    """The pair's half of one appliance (see the module's docstring)."""
+
+    def __init__(self, settings: PairSettings, nvram: Nvram, *, media_existed: bool,
+                 clock: Callable[[], float] = time.monotonic,
+                 fram_executor: concurrent.futures.Executor | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        peer = settings.peer_node
+        if peer is None:
+            try:
+                peer = PairFram(nvram).load().state.peer
+            except PairLayoutError:
+                peer = default_peer_name(settings.node)
+        self.config = pair_config(settings, peer)
+        self.fram, loaded, self.startup = open_pair_fram(nvram, settings, peer,
+                                                         media_existed=media_existed)
+        listen = parse_host_port(settings.listen, default_host="0.0.0.0") \
+            if settings.listen else None
+        self.runtime = PairRuntime(self.config, self.fram, loaded, peer_urls=settings.peers,
+                                   listen=listen, clock=clock,
+                                   fence_command=settings.fence_command,
+                                   fence_timeout_s=settings.fence_timeout_s,
+                                   fram_executor=fram_executor)
+        self.store = PeerRecordStore(self.runtime, clock=clock)
+        self.record: Record | None = None
+        self.mirror: Mirror | None = None
+        self._full_pending = False
+        self._last_full_check = 0.0
+        self._mirror_paused_by_us = False
+        # What the appliance does when hosts may or may no longer be served.
+        self.serve: Callable[[bool], None] = lambda serving: None
+
+    @property
+    def core(self):  # noqa: ANN201 - PairCore, kept short for the console
+        return self.runtime.core
+
+    def fence(self, medium: Medium) -> FencedMedium:
+        gate = self.runtime.gate
+        return FencedMedium(medium, gate.may_write, gate.refusal)
+
+    async def start(self, record: Record, mirror: Mirror) -> None:
+        self.record = record
+        self.mirror = mirror
+        self.store.member = record.contains
+        self.runtime.hooks = PairHooks(on_role=self._on_role, on_takeover=self._on_takeover,
+                                       on_resync=self._on_resync, on_freeze=self._on_freeze,
+                                       on_tick=self._on_tick)
+        # The core starts frozen (no lease before the peer is heard) and says Thaw only:
+        # the mirror waits from the start, rather than fail against the fenced media.
+        self._on_freeze(self.core.frozen, "starting")
+        await self.runtime.start()
+
+    async def stop(self, *, graceful: bool) -> None:
+        if graceful:
+            import asyncio
+
+            # Clears that are due go now, so a restart resyncs less; a moment for acks.
+            self.store.offer_clears()
+            self.runtime.submit(FlushClears())
+            for _ in range(20):
+                if not self.core.status().clears_queued:
+                    break
+                await asyncio.sleep(0.05)
+        await self.runtime.close()
+
+    # -- hooks -----------------------------------------------------------------------
+
+    def _on_role(self, action: RoleChanged) -> None:
+        if action.role == RECORD_HOLDER:
+            self.serve(False)
+        elif action.serving or self.core.serving:
+            self.serve(True)
+
+    def _on_takeover(self, action: TakeOver) -> None:
+        self._on_resync(action.resync, action.full_resync)
+        self.serve(True)
+
+    def _on_resync(self, regions: frozenset[int], full: bool) -> None:
+        record, mirror = self.record, self.mirror
+        if record is None or mirror is None:
+            return
+        named = range(record.nregions) if full else sorted(regions)
+        if full:
+            self._full_pending = True
+        if not named:
+            return
+        record.name_dirty(named, self.clock())
+        mirror.force_region_copy()
+        log.info("pair: %s to copy to the second medium",
+                 "the whole volume" if full else f"{len(regions)} regions")
+
+    def _on_freeze(self, frozen: bool, reason: str) -> None:
+        mirror = self.mirror
+        if mirror is None:
+            return
+        if frozen and not mirror.paused:
+            mirror.pause()
+            self._mirror_paused_by_us = True
+        elif not frozen and self._mirror_paused_by_us:
+            self._mirror_paused_by_us = False
+            mirror.resume()
+
+    def _on_tick(self) -> None:
+        self.store.offer_clears()
+        if self.core.role == PRIMARY and self.core.serving:
+            self.serve(True)
+        now = self.clock()
+        if self._full_pending and now - self._last_full_check >= 1.0:
+            self._last_full_check = now
+            record = self.record
+            if record is not None and not record.dirty_regions():
+                self._full_pending = False
+                log.info("pair: full resync done")
+                self.runtime.submit(FullResyncDone())
+
+    # -- what the console shows ------------------------------------------------------
+
+    def status_keys(self) -> dict[str, object]:
+        core = self.core
+        holder = core.role == RECORD_HOLDER
+        return {
+            "peer_state": core.state.value,
+            "peer_epoch": core.epoch,
+            "peer_role": core.role,
+            "peer_node": self.config.node,
+            "peer_name": self.config.peer,
+            # The record of the pair as this node keeps it: held for the peer on the
+            # record-holder, the local copy of what the holder acknowledged on a primary.
+            "peer_record_regions": len(core.held_regions()) if holder
+            else len(core.local_copy()),
+            "peer_frozen": core.frozen,
+            # Regions the record let go that the core could not take as mirrored yet.
+            "peer_clears_pending": self.store.uncleared,
+        }
