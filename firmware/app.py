@@ -181,7 +181,8 @@ class Appliance:
         inline = not self.nvram.slow_writes
         self.pair = pair = PairNode(settings, self.nvram, media_existed=not fresh,
                                     clock=self.env.clock,
-                                    fram_executor=None if inline else self._executor("nvram"))
+                                    fram_executor=None if inline else self._executor("nvram"),
+                                    open_peer_link=self.env.open_peer_link)
         self.local = pair.fence(self.local)
         self.second = pair.fence(self.second)
         # Both nodes number regions alike: the same volume and --region-size on both.

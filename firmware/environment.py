@@ -40,3 +40,6 @@ class Environment:
     executor: Callable[[str], concurrent.futures.Executor] = worker_thread
     open_nvram: Callable[[Mapping[str, Any]], Nvram] = open_nvram
     open_medium: Callable[[str, Mapping[str, Any], int], Medium] = open_profile_medium
+    # A pair's link to its peer, by URL: ``(url, on_payload, on_state) -> PeerLink``
+    # (firmware/peer/links.py). None: the real TCP and serial links.
+    open_peer_link: Callable[..., Any] | None = None

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from firmware.parsing import parse_host_port
 from firmware.peer.config import LinkConfig, PairConfig, serial_link, tcp_link
@@ -60,6 +60,7 @@ class PairSettings:
     trust_lease: bool = True
     anti_entropy_s: float | None = 60.0
     extra: dict[str, float] = field(default_factory=dict)  # more PairConfig tuning
+    tick_s: float | None = 0.05  # None: the caller calls runtime.tick() (a simulation)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -124,7 +125,8 @@ class PairNode:
 
     def __init__(self, settings: PairSettings, nvram: Nvram, *, media_existed: bool,
                  clock: Callable[[], float] = time.monotonic,
-                 fram_executor: concurrent.futures.Executor | None = None) -> None:
+                 fram_executor: concurrent.futures.Executor | None = None,
+                 open_peer_link: Callable[..., Any] | None = None) -> None:
         self.settings = settings
         self.clock = clock
         peer = settings.peer_node
@@ -142,7 +144,8 @@ class PairNode:
                                    listen=listen, clock=clock,
                                    fence_command=settings.fence_command,
                                    fence_timeout_s=settings.fence_timeout_s,
-                                   fram_executor=fram_executor)
+                                   fram_executor=fram_executor,
+                                   open_peer_link=open_peer_link, tick_s=settings.tick_s)
         self.store = PeerRecordStore(self.runtime, clock=clock)
         self.record: Record | None = None
         self.mirror: Mirror | None = None

@@ -118,7 +118,10 @@ class PairRuntime:
                  fence_command: str | None = None,
                  fence_timeout_s: float = FENCE_TIMEOUT_S,
                  fram_executor: concurrent.futures.Executor | None = None,
-                 tick_s: float = TICK_S) -> None:
+                 tick_s: float | None = TICK_S,
+                 open_peer_link: Callable[..., PeerLink] | None = None) -> None:
+        """``open_peer_link(url, on_payload, on_state)``: how a link is made (default:
+        the real TCP or serial link, links.py); a simulation passes its own."""
         self.config = config
         self.fram = fram
         self.hooks = hooks or PairHooks()
@@ -132,8 +135,9 @@ class PairRuntime:
         self.counters = RuntimeCounters()
         self.reports: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=32)
         self.links: dict[str, PeerLink] = {}
+        opener = open_peer_link or open_link
         for url in peer_urls:
-            self.links[url] = open_link(url, self._payload_in, self._link_state)
+            self.links[url] = opener(url, self._payload_in, self._link_state)
         tcp = next((link for link in self.links.values() if isinstance(link, TcpPeerLink)),
                    None)
         self.listener = PeerListener(*listen, tcp) if listen is not None else None
@@ -151,8 +155,9 @@ class PairRuntime:
         for link in self.links.values():
             link.start()
         self.submit(Tick())  # the FRAM's word at boot: role, resync
-        self._tasks.append(asyncio.get_running_loop().create_task(self._ticker(),
-                                                                   name="peer-tick"))
+        if self.tick_s is not None:  # None: the caller ticks (a simulation's own clock)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._ticker(),
+                                                                       name="peer-tick"))
 
     async def close(self) -> None:
         self._closed = True
@@ -170,13 +175,18 @@ class PairRuntime:
         self.gate.reason = "stopped"
 
     async def _ticker(self) -> None:
+        assert self.tick_s is not None
         while True:
             await asyncio.sleep(self.tick_s)
-            self.submit(Tick())
-            try:
-                self.hooks.on_tick()
-            except Exception:  # a hook's bug must not stop the heartbeats
-                log.exception("pair tick hook failed")
+            self.tick()
+
+    def tick(self) -> None:
+        """Time passed: the core's timers, then the app's (clears to offer, resyncs)."""
+        self.submit(Tick())
+        try:
+            self.hooks.on_tick()
+        except Exception:  # a hook's bug must not stop the heartbeats
+            log.exception("pair tick hook failed")
 
     # -- events in ---------------------------------------------------------------------
 
