@@ -183,14 +183,30 @@ class Appliance:
                                     clock=self.env.clock,
                                     fram_executor=None if inline else self._executor("nvram"),
                                     open_peer_link=self.env.open_peer_link)
+        spec = self.profile.get("watchdog")
+        if spec:
+            from hal.watchdog import Watchdog
+
+            pair.watchdog = Watchdog(str(spec.get("device", "/dev/watchdog")),
+                                     spec.get("timeout_s"))
         self.local = pair.fence(self.local)
         self.second = pair.fence(self.second)
         # Both nodes number regions alike: the same volume and --region-size on both.
         self.geometry = Geometry(self.local.size, region_size, new_volume_uuid())
         self.startup = StartupReport(0, pair.startup)
         self.commits = pair.store  # type: ignore[assignment]  # the RecordStore seam
-        self.record = Record(self.geometry, pair.store,
-                             capacity_regions=max(1, budget // region_size),
+        # The record must fit the FRAM tables of the pair: what the record lets go sits
+        # in the holder's table until its clear is acknowledged, so half of it is the
+        # record's (the rest is for clears on their way); beyond, writes would wait on
+        # the holder's room with the record unaware of it.
+        capacity = max(1, budget // region_size)
+        fits = max(1, (pair.fram.capacity - 1) // 2)
+        if capacity > fits:
+            log.info("pair: the record holds at most %d regions (%d MiB) in %d FRAM entries "
+                     "per table, less than the resync budget's %d", fits,
+                     (fits * region_size) >> 20, pair.fram.capacity, capacity)
+            capacity = fits
+        self.record = Record(self.geometry, pair.store, capacity_regions=capacity,
                              policy=make_policy(self.settings.point)
                              if self.settings.point != "sequential-lru" else SequentialLru(),
                              now=self.env.clock(), quiet_evict_s=self.settings.quiet_evict_s)
@@ -543,10 +559,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="bytes of writes queued for the mirror before it copies by region")
     # latency-first by default: a miss costs the host a record transaction (and the
     # policy's work) before its write; recovery-first trades that for a smaller resync.
-    p.add_argument("--point", default="latency-first",
+    p.add_argument("--point", default=None,
                    choices=[*POINTS, "sequential-lru"],
                    help="record policy: an operating point (docs/record-policy.md), or the "
-                        "simple sequential-lru policy (default: %(default)s)")
+                        "simple sequential-lru policy (default: latency-first; in a pair "
+                        "recovery-first, since every guessed region costs an entry in the "
+                        "peer's FRAM and a share of its message)")
     p.add_argument("--idle-evict", type=float, default=2.0,
                    help="sequential-lru: seconds a clean region stays in the record "
                         "unwritten (<0: never)")
@@ -607,7 +625,8 @@ def _run(args: argparse.Namespace) -> int:
         console_tcp=args.console_tcp, console_pty=False if args.no_console_pty else None,
         local_path=args.local_path, second_path=args.second_path,
         mirror_queue=args.mirror_queue,
-        idle_evict_s=None if args.idle_evict < 0 else args.idle_evict, point=args.point,
+        idle_evict_s=None if args.idle_evict < 0 else args.idle_evict,
+        point=args.point or ("recovery-first" if args.node else "latency-first"),
         read_only=args.read_only, tcmu=args.tcmu, tcm_loop=args.tcm_loop,
         iscsi_portal=args.iscsi_portal, iscsi_iqn=args.iscsi_iqn, tcmu_name=args.tcmu_name,
         remote=args.remote, key_file=args.key_file, rate_limit=args.rate_limit,

@@ -35,6 +35,7 @@ from firmware.peer.store import PeerRecordStore
 from hal.media.base import Medium
 from hal.media.fenced import FencedMedium
 from hal.nvram.base import Nvram
+from hal.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from firmware.mirror.mirror import Mirror
@@ -152,6 +153,7 @@ class PairNode:
         self._full_pending = False
         self._last_full_check = 0.0
         self._mirror_paused_by_us = False
+        self.watchdog: Watchdog | None = None  # the board's, armed by the app
         # What the appliance does when hosts may or may no longer be served.
         self.serve: Callable[[bool], None] = lambda serving: None
 
@@ -187,6 +189,11 @@ class PairNode:
                     break
                 await asyncio.sleep(0.05)
         await self.runtime.close()
+        if self.watchdog is not None:
+            if graceful:
+                self.watchdog.disarm()
+            else:
+                self.watchdog.abandon()
 
     # -- hooks -----------------------------------------------------------------------
 
@@ -226,6 +233,8 @@ class PairNode:
             mirror.resume()
 
     def _on_tick(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.pet()  # the loop runs: the lease means something
         self.store.offer_clears()
         if self.core.role == PRIMARY and self.core.serving:
             self.serve(True)

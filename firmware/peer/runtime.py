@@ -41,6 +41,7 @@ from firmware.peer.events import (
     Action,
     Event,
     FenceResult,
+    FlushClears,
     FramDone,
     FrameIn,
     FramFailed,
@@ -63,6 +64,7 @@ from firmware.peer.events import (
     WriteRefused,
     WriteWait,
 )
+from firmware.peer.frames import PRIMARY
 from firmware.peer.held import LoadedPair, PairFram
 from firmware.peer.links import PeerLink, PeerListener, TcpPeerLink, open_link
 from firmware.tasks import cancel_and_wait
@@ -144,6 +146,7 @@ class PairRuntime:
         self._writes: dict[int, asyncio.Future[float | None]] = {}
         self._events: collections.deque[Event] = collections.deque()
         self._handling = False
+        self._full_resync_seen = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._closed = False
 
@@ -203,6 +206,7 @@ class PairRuntime:
                 for action in actions:
                     self._carry_out(action)
                 self._update_gate()
+                self._watch_full_resync()
         finally:
             self._handling = False
 
@@ -244,6 +248,9 @@ class PairRuntime:
             if future is not None and not future.done():
                 future.set_result(action.deadline)
         elif isinstance(action, WriteWait):
+            if action.reason == "record full":
+                # Room comes from clears: do not let them wait for company now.
+                self._events.append(FlushClears())
             self.counters.writes_waited += 1
             reasons = self.counters.wait_reasons
             reasons[action.reason] = reasons.get(action.reason, 0) + 1
@@ -276,6 +283,15 @@ class PairRuntime:
             level = logging.INFO if action.kind in ("link-restored", "peer-back") \
                 else logging.WARNING
             log.log(level, "pair: %s: %s", action.kind, action.detail)
+
+    def _watch_full_resync(self) -> None:
+        """A full resync is owed from the moment the FRAM says so (a split brain resolved,
+        a handover that did not fit, a blank record over old media): the whole volume
+        is copied, then ``FullResyncDone``. No action says it, the superblock does."""
+        owed = self.core.persisted_state.full_resync and self.core.role == PRIMARY
+        if owed and not self._full_resync_seen:
+            self.hooks.on_resync(frozenset(), True)
+        self._full_resync_seen = owed
 
     def _update_gate(self) -> None:
         deadline = self.core.io_deadline

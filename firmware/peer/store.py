@@ -36,7 +36,9 @@ class PeerRecordStore:
         self._clock = clock
         self._next = 0
         self._predicted: list[int] = []
-        self._issued: set[int] = set()
+        self._issued: set[int] = set()  # core write ids the core let proceed
+        self._current: dict[int, int] = {}  # the record's id -> the core's id now
+        self._regions: dict[int, tuple[int, ...]] = {}
         self._uncleared: set[int] = set()
         # Set by the app once the record exists: is the region named there again?
         self.member: Callable[[int], bool] = lambda region: False
@@ -72,28 +74,43 @@ class PeerRecordStore:
         return 0
 
     def must_wait(self, regions: range) -> int:
-        self._next += 1
-        write = self._next
-        predicted = tuple(r for r in self._predicted if r not in regions)
+        write = self._ask(tuple(regions), tuple(r for r in self._predicted if r not in regions))
         self._predicted = []
-        self.runtime.host_write(write, tuple(regions), predicted)
+        self._current[write] = write
         return write
+
+    def _ask(self, regions: tuple[int, ...], predicted: tuple[int, ...] = ()) -> int:
+        self._next += 1
+        self._regions[self._next] = regions
+        self.runtime.host_write(self._next, regions, predicted)
+        return self._next
 
     async def durable(self, transaction: int | None = None) -> None:
         if transaction is None:
             return  # every write acknowledged so far had its regions durable first
-        future = self.runtime.pending_write(transaction)
-        if future is None:
-            raise OSError(errno.EIO, "pair: write unknown to the pair runtime")
-        deadline = await future
-        self._issued.add(transaction)
-        if deadline is not None and self._clock() >= deadline:
-            raise OSError(errno.EIO, "pair: the lease ended before the write was issued")
+        while True:
+            write = self._current[transaction]
+            future = self.runtime.pending_write(write)
+            if future is None:
+                raise OSError(errno.EIO, "pair: write unknown to the pair runtime")
+            deadline = await future
+            self._issued.add(write)
+            if deadline is None or self._clock() < deadline:
+                return
+            # The lease ended between the core's word and now (a stall, a lapse while a
+            # link flaps): the write was not issued. Give it back and ask again: it
+            # waits for the next lease, or is refused if this node turns out stale.
+            self._finish(write, ok=False)
+            self._current[transaction] = self._ask(self._regions.get(write, ()))
 
     def ended(self, transaction: int) -> None:
-        issued = transaction in self._issued
-        self._issued.discard(transaction)
-        self.runtime.write_finished(transaction, issued=issued)
+        self._finish(self._current.pop(transaction, transaction), ok=True)
+
+    def _finish(self, write: int, *, ok: bool) -> None:
+        issued = write in self._issued
+        self._issued.discard(write)
+        self._regions.pop(write, None)
+        self.runtime.write_finished(write, issued=issued, ok=ok)
 
     def barrier(self) -> None:
         pass

@@ -100,7 +100,7 @@ def install(point: str | None, after: int, mutant: str | None) -> None:
         ended: Callable[..., None] = peer_store.PeerRecordStore.ended
 
         def ended_then_die(self: Any, transaction: int) -> None:
-            if transaction in self._issued and counter.hit():
+            if self._current.get(transaction) in self._issued and counter.hit():
                 _die()
             ended(self, transaction)
 
@@ -112,7 +112,7 @@ def install(point: str | None, after: int, mutant: str | None) -> None:
         # without waiting for the holder's acknowledgement.
         async def durable_at_once(self: Any, transaction: int | None = None) -> None:
             if transaction is not None:
-                self._issued.add(transaction)
+                self._issued.add(self._current[transaction])
 
         peer_store.PeerRecordStore.durable = durable_at_once  # type: ignore[method-assign]
     elif mutant is not None:

@@ -54,7 +54,7 @@ class Node:
         other = rig.b if self is rig.a else rig.a
         proxy = rig.proxy_ab if self is rig.a else rig.proxy_ba
         serial = rig.cable.a if self is rig.a else rig.cable.b
-        launch = [sys.executable, "-m", "tests.pair.launch"]
+        launch = [sys.executable, *(os.environ.get("PAIR_LAUNCH", "-m tests.pair.launch").split())]
         if crash_at:
             launch += ["--crash-at", crash_at, "--crash-after", str(crash_after)]
         if mutant:
@@ -91,14 +91,17 @@ class Node:
         return self.proc is not None and self.proc.poll() is None
 
     def console(self, *command: str, check: bool = True) -> str:
-        from tests.e2e.appliance import tandem_command
+        """One console command over its TCP port, as ``tandem console`` would send it
+        (in-process: the tests poll often)."""
+        import shlex
 
-        out = subprocess.run(tandem_command() + ["console", self.console_url, *command],
-                             capture_output=True, text=True, timeout=30, cwd=REPO)
-        if check and out.returncode != 0:
-            raise RuntimeError(f"{self.name} console {command}: rc={out.returncode} "
-                               f"{out.stdout} {out.stderr}")
-        return out.stdout
+        from tools.console_client import ConsoleClient
+
+        with ConsoleClient.open(self.console_url, timeout=15) as client:
+            answer = client.command(shlex.join(command))
+        if check and answer.startswith("error"):
+            raise RuntimeError(f"{self.name} console {command}: {answer}")
+        return answer
 
     def status(self) -> dict[str, Any]:
         return dict(json.loads(self.console("status", "--json")))
@@ -204,9 +207,12 @@ class PairRig:
                 self.proxy_ba.set(mode, "forward")
         self.loop.call(apply())
 
-    def serial_up(self, up: bool) -> None:
+    def serial_up(self, up: bool, direction: str = "both") -> None:
         async def apply() -> None:
-            self.cable.up = up
+            if direction in ("both", "a->b"):
+                self.cable.a_to_b = up
+            if direction in ("both", "b->a"):
+                self.cable.b_to_a = up
         self.loop.call(apply())
 
     def media_identical(self) -> bool:

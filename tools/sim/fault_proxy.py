@@ -140,11 +140,21 @@ class FaultySerialPair:
             self._ends.append((master, slave, os.ttyname(slave)))
         self.a = self._ends[0][2]
         self.b = self._ends[1][2]
-        self.up = True
+        # Per direction: what the end ``a`` writes reaches ``b`` (and the reverse).
+        self.a_to_b = True
+        self.b_to_a = True
         self.noise = LineNoise()
         self._rng = random.Random(seed)
         self.bytes_carried = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.a_to_b and self.b_to_a
+
+    @up.setter
+    def up(self, up: bool) -> None:
+        self.a_to_b = self.b_to_a = up
 
     def start(self) -> FaultySerialPair:
         self._loop = asyncio.get_running_loop()
@@ -158,7 +168,8 @@ class FaultySerialPair:
             data = os.read(source, 4096)
         except (BlockingIOError, OSError):
             return
-        if not self.up or not data:
+        carries = self.a_to_b if source == self._ends[0][0] else self.b_to_a
+        if not carries or not data:
             return
         out = bytearray()
         noise, rng = self.noise, self._rng
