@@ -335,6 +335,10 @@ class Appliance:
                 if serving:
                     await self._start_frontends()
                     log.info("pair: serving hosts")
+                    if self.tcmu is not None:
+                        # Scripts and the rig's pair check find the new LUN here.
+                        log.info("pair: SCSI disk %s, iSCSI %s", self.tcmu.scsi_disk,
+                                 self.tcmu.iscsi_url)
                 else:
                     await self._stop_frontends()
                     log.info("pair: not serving hosts (record-holder)")

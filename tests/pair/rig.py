@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,11 +22,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.appliance import REPO, free_port, same_bytes
+from tests.e2e.appliance import REPO, same_bytes
 from tests.reliability.threaded import LoopThread
 from tools.sim.fault_proxy import FaultySerialPair, FaultyTcpProxy, Mode
 
 KEY = "pair-test-key-0123456789abcdef\n"
+
+
+def free_port() -> int:
+    """A port to listen on, below the ephemeral range: the pair dials, redials and
+    proxies all the time, and an ephemeral port taken for one of those connections
+    between our probe and the node's bind would fail the node's start."""
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range")
+              .read_text().split())
+    while True:
+        port = random.randrange(10000, max(10001, low - 1))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class Node:
