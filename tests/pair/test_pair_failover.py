@@ -185,3 +185,33 @@ def test_a_build_that_writes_d_before_the_ack_fails_this_check(tmp_path: Path) -
     problems, identical = partitioned_writes_then_kill(tmp_path, "d-before-ack")
     # The mutant acknowledged writes B's record never named: M keeps the old data there.
     assert problems > 0 or not identical
+
+
+def fio_nbd(uri: str, *options: str) -> dict:
+    import json
+
+    out = subprocess.run(
+        ["fio", "--name=pair", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite",
+         "--bs=4k", "--iodepth=16", "--size=32m", "--randseed=15", "--verify=crc32c",
+         "--verify_fatal=1", "--verify_state_save=0", "--output-format=json", *options],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    job = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
+    assert job["error"] == 0
+    return dict(job)
+
+
+def test_fio_verify_through_a_then_verify_only_through_b(rig: PairRig) -> None:
+    need("fio")
+    start_pair(rig)
+    written = fio_nbd(rig.a.uri, "--do_verify=1")
+    assert written["write"]["total_ios"] == 32 * 256
+    a = rig.a.peer()
+    # QD16: concurrent misses share a batch (group commit), never the other way round.
+    assert 0 < a["counters"]["marks_acked"] <= a["counters"]["misses"]
+    rig.a.console("mirror", "pause")
+    rig.a.kill()
+    rig.b.wait_peer(sole_owner, 30, "takeover")
+    fio_nbd(rig.b.uri, "--verify_only")
+    rig.b.wait_mirrored()
+    assert rig.media_identical()
