@@ -614,6 +614,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="the primary's lease on writing the media (default 3)")
     pair.add_argument("--no-auto-takeover", action="store_true",
                       help="the record-holder takes over only on 'peer takeover'")
+    pair.add_argument("--no-trust-lease", action="store_true",
+                      help="do not take over on the peer's lease running out (a peer "
+                           "without a watchdog may be hung, not dead): only the fence "
+                           "command or 'peer takeover --force'")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=_run)
 
@@ -651,7 +655,8 @@ def _run(args: argparse.Namespace) -> int:
                 node=args.node, peers=tuple(args.peers), key_file=args.peer_key,
                 role=args.pair_role, peer_node=args.peer_node, listen=args.peer_listen,
                 fence_command=args.fence_command, fence_timeout_s=args.fence_timeout,
-                lease_s=args.lease, auto_takeover=not args.no_auto_takeover)
+                lease_s=args.lease, auto_takeover=not args.no_auto_takeover,
+                trust_lease=not args.no_trust_lease)
         except ValueError as exc:
             print(f"tandem: {exc}", file=sys.stderr)
             return 2

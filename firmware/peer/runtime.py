@@ -358,7 +358,10 @@ class PairRuntime:
 
     def status(self) -> dict[str, Any]:
         out = self.core.status().as_dict()
+        now = self._clock()
         for entry in out["links"]:
+            heard = entry["last_heartbeat"]
+            entry["last_heartbeat_age_s"] = None if heard is None else round(now - heard, 3)
             link = self.links.get(entry["url"])
             if link is not None:
                 entry["transport"] = "up" if link.up else ("down" if link.enabled

@@ -253,3 +253,46 @@ def test_a_noisy_serial_line_alone_carries_the_pair_and_never_a_false_frame(
         refused = status["counters"]["refused"]
         assert refused.get("mac", 0) == refused.get("short", 0) == 0, refused
     assert rig.b.peer()["role"] == "record-holder"
+
+
+def test_fence_command_runs_before_the_takeover(tmp_path: Path) -> None:
+    need("qemu-io")
+    fenced = tmp_path / "fenced"
+    rig = PairRig(tmp_path, size="1G", lease=LEASE)
+    try:
+        rig.a.start()
+        rig.b.start(extra=("--fence-command", f"echo $TANDEM_PEER > {fenced}"))
+        rig.a.wait_peer(lambda s: s["state"] == "connected", 20, "connected")
+        qemu_io(rig.a.uri, "write -P 0x71 1M 64k")
+        rig.tcp(Mode.BLACKHOLE)
+        rig.serial_up(False)
+        rig.b.wait_peer(sole_owner, 30, "takeover")
+        assert fenced.read_text().strip() == "a"
+        assert "took over at epoch 2 (command)" in rig.b.log()
+        qemu_io(rig.b.uri, "read -P 0x71 1M 64k")
+    finally:
+        rig.close()
+
+
+def test_without_a_fence_b_stays_frozen_and_says_so_until_forced(tmp_path: Path) -> None:
+    need("qemu-io")
+    rig = PairRig(tmp_path, size="1G", lease=LEASE)
+    try:
+        rig.a.start()
+        rig.b.start(extra=("--no-trust-lease",))
+        rig.a.wait_peer(lambda s: s["state"] == "connected", 20, "connected")
+        qemu_io(rig.a.uri, "write -P 0x72 2M 64k")
+        rig.a.kill()
+        b = rig.b.wait_peer(lambda s: any(r["kind"] == "no-fence" for r in s["reports"]),
+                            20, "no-fence reported")
+        assert b["state"] == "peer-lost-frozen" and b["role"] == "record-holder"
+        time.sleep(LEASE + 2)
+        assert rig.b.peer()["role"] == "record-holder"
+        out = rig.b.console("peer", "takeover", "--force")
+        assert "sole-owner" in out or "fencing" in out
+        rig.b.wait_peer(sole_owner, 15, "forced takeover")
+        qemu_io(rig.b.uri, "read -P 0x72 2M 64k")
+        rig.b.wait_mirrored()
+        assert rig.media_identical()
+    finally:
+        rig.close()
