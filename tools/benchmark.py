@@ -590,6 +590,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         metavar="ARG", help="extra argument for `tandem run` (repeatable), "
                                             "e.g. --tandem-arg=--region-size=1M")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--pair", action="store_true",
+                        help="also run a pair (A primary, B holding A's record, two "
+                             "processes) and show it against one appliance alone and the "
+                             "reference, with the record's misses and the link RTT "
+                             "(tools/bench_pair.py)")
     parser.add_argument("--fail-below-goal", action="store_true",
                         help="exit 1 when a job misses its goal")
     parser.set_defaults(func=run)
@@ -611,6 +616,8 @@ def run(args: argparse.Namespace) -> int:
         precondition=args.precondition, work_dir=str(work_dir),
         file_system=file_system_of(work_dir), tandem_args=list(args.tandem_args),
         nvram_dir=str(Path(args.nvram_dir).resolve()) if args.nvram_dir else None)
+    if args.pair:
+        return _run_pair(args, settings, jobs, work_dir if made_work_dir else None)
     try:
         outcomes = run_bench(settings, jobs, keep=args.keep)
     except BenchError as exc:
@@ -627,4 +634,25 @@ def run(args: argparse.Namespace) -> int:
         print(render_table(settings, outcomes))
     if args.fail_below_goal and any(o.meets_goal is False for o in outcomes):
         return 1
+    return 0
+
+
+def _run_pair(args: argparse.Namespace, settings: BenchSettings, jobs: list[FioJob],
+              made_work_dir: Path | None) -> int:
+    from tools.bench_pair import pair_json, render_pair_table, run_pair_bench
+
+    try:
+        outcomes, links = run_pair_bench(settings, jobs, keep=args.keep)
+    except BenchError as exc:
+        print(f"tandem bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if made_work_dir is not None and not args.keep:
+            shutil.rmtree(made_work_dir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(pair_json(settings, outcomes, links), indent=2))
+    else:
+        print(render_pair_table(settings, outcomes, links))
     return 0
