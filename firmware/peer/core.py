@@ -865,7 +865,10 @@ class PairCore:
             return
         self._marking[region] = 0
         self._mark_queue[region] = kind
-        if region not in self._tables[INTENT].want:  # named already: no FRAM write
+        # Named in this node's FRAM already (INTENT, or the HELD it took over from): no
+        # FRAM write. A handover out of sole ownership names its HELD regions again,
+        # and INTENT may not have room for them.
+        if region not in self._tables[INTENT].want and region not in self._tables[HELD].want:
             self._tables[INTENT].put(Entry(region, self._fresh_gen(), kind))
 
     def _mark_for_handover(self, region: int) -> None:
@@ -878,7 +881,13 @@ class PairCore:
                 or not self._pair_mode or self._stale or self._split):
             return
         while self._mark_queue and len(self._marks_out) < self.config.mark_window:
-            regions, full = self._next_batch()
+            # A batch the holder cannot fit would be refused ("full") and sent again for
+            # ever: a handover out of sole ownership may name more regions than the
+            # holder's table holds. Send what fits; clears make room for the rest.
+            room = self._room_to_send()
+            if room is not None and room <= 0:
+                break
+            regions, full = self._next_batch(room)
             if self._marks_out and not full:
                 break  # group commit: wait for the outstanding batch or a full one
             for r in regions:
@@ -891,11 +900,21 @@ class PairCore:
                 self._gen[r] = gen
             self._marks_out[batch_id] = _Batch(gen, regions, self._now)
 
-    def _next_batch(self) -> tuple[dict[int, int], bool]:
+    def _room_to_send(self) -> int | None:
+        """Entries the holder's table has left for a new MARK batch (None: unknown)."""
+        if self._peer is None:
+            return None
+        sent = {r for r, batch in self._marking.items() if batch}
+        held = self._lc.keys() | self._acked.keys() | sent | self._clearing.keys()
+        return self._holder_capacity() - len(held)
+
+    def _next_batch(self, limit: int | None = None) -> tuple[dict[int, int], bool]:
         """The next MARK's regions (region -> kind): the queue's lowest, at most
-        ``mark_batch`` runs and ``mark_regions`` regions; and whether it is full. A
-        sequential write's regions and its predicted ones are two runs: one MARK."""
+        ``mark_batch`` runs and ``mark_regions`` regions (and ``limit``); and whether
+        it is full. A sequential write's regions and its predicted ones are two runs:
+        one MARK."""
         cfg = self.config
+        most = cfg.mark_regions if limit is None else min(cfg.mark_regions, limit)
         batch: dict[int, int] = {}
         runs = 0
         previous: tuple[int, int] | None = None
@@ -906,7 +925,7 @@ class PairCore:
                 runs += 1
             batch[r] = kind
             previous = (r, kind)
-            if len(batch) == cfg.mark_regions:
+            if len(batch) == most:
                 return batch, True
         return batch, False
 
@@ -922,12 +941,19 @@ class PairCore:
         self._admit_acked()
 
     def _admit_acked(self) -> None:
-        """Acked regions whose INTENT entry is durable enter the local copy."""
-        intent = self._tables[INTENT]
-        for r in [r for r in self._acked if intent.has(r)]:
+        """Acked regions named durably in this node's FRAM (INTENT, or the HELD it took
+        over from) enter the local copy."""
+        intent, held = self._tables[INTENT], self._tables[HELD]
+        for r in [r for r in self._acked if intent.has(r) or held.has(r)]:
             self._lc[r] = self._acked.pop(r)
             self._handover_marks.discard(r)
         self._leave_sole()
+
+    def _handover_only(self, r: int) -> bool:
+        """Queued for the new holder only because this node named it while sole, with no
+        MARK sent for it and no write waiting on it."""
+        return (r in self._handover_marks and self._marking.get(r) == 0
+                and self._mark_queue.get(r) == KIND_RESYNC and self._want_state.sole)
 
     def _leave_sole(self) -> None:
         """Once every region this node may have written alone is in the new holder's
@@ -943,10 +969,18 @@ class PairCore:
         r, g = event.region, event.gen
         if self._busy(r) or self._gen.get(r, 0) != g or not self._is_dirty(r):
             return  # written since the snapshot, or about to be: it stays
-        if self._sole_mode:
+        if self._sole_mode or self._handover_only(r):
+            # Copied while this node's own FRAM is still the authority for it (sole, or
+            # leaving sole with the region's handover MARK not sent yet): the copy
+            # settles it, the new holder need not hear of it.
+            if r in self._handover_marks:
+                self._handover_marks.discard(r)
+                self._mark_queue.pop(r, None)
+                self._marking.pop(r, None)
             self._resync.discard(r)
             self._tables[INTENT].drop(r)
             self._tables[HELD].drop(r)
+            self._leave_sole()
             return
         if r in self._marking or r in self._acked:
             return

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from firmware.peer.config import PeerState
+from tests.peer.pair_sim import PairSim
 from tests.peer.test_pair_model import PairModel
 
 REGRESSIONS: dict[str, list[tuple[str, dict[str, object], int]]] = {
@@ -178,3 +180,45 @@ def test_a_sequence_the_model_once_failed_on(name) -> None:
             getattr(machine, rule)(**arguments)
             machine.invariants_hold()
     machine.teardown()
+
+
+def test_a_handover_larger_than_the_holders_table_goes_in_parts() -> None:
+    # Found by `tandem torture --pair` (seed 1, 8 MiB, cut 827): a survivor that took
+    # over from its HELD and then wrote alone names more regions than the new holder's
+    # table holds. Its handover MARK was refused as "full" and sent again for ever: the
+    # pair never left reconciling. It must go in parts, the mirror settling the rest.
+    sim = PairSim(regions=64, fence_command=False)  # the lease is the fence
+
+    def settle(steps: int, mirror: str | None = None) -> None:
+        for _ in range(steps):
+            sim.advance(0.05)
+            sim.deliver_all()
+            while sim.complete_write("a") or sim.complete_write("b"):
+                pass
+            if mirror is not None:
+                node = sim.nodes[mirror]
+                assert node.core is not None
+                for region in sorted(node.core.dirty_regions())[:2]:
+                    if sim.mirror_start(mirror, region):
+                        sim.mirror_finish(mirror)
+            sim.check()
+
+    settle(20)
+    for region in range(20):  # A's record at B: 20 regions
+        sim.host_write("a", (region,))
+        settle(2)
+    assert len(sim.durable("b").held) == 20
+    sim.crash("a")
+    settle(120)  # B takes over once A's lease has run out
+    b = sim.nodes["b"].core
+    assert b is not None and b.role == "primary" and b.persisted_state.sole
+    for region in range(30, 45):  # and writes 15 more alone
+        sim.host_write("b", (region,))
+        settle(1)
+    assert len(b.dirty_regions()) == 35 > 24  # the holder's table: 24 entries
+    sim.start("a")  # stale: hands over, becomes B's holder; B hands over 35 regions
+    settle(400, mirror="b")
+    b = sim.nodes["b"].core
+    assert b is not None and not b.persisted_state.sole
+    assert b.state is PeerState.CONNECTED
+    assert not sim.differing()
