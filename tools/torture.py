@@ -903,13 +903,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="record region size (default 64K)")
     p.add_argument("--record-regions", type=int, default=16,
                    help="record capacity in regions (default 16)")
-    p.add_argument("--phases", default=",".join(PHASES),
-                   help=f"comma-separated cut phases (default all: {','.join(PHASES)})")
+    p.add_argument("--phases", default=None,
+                   help=f"comma-separated cut phases (default all: {','.join(PHASES)}; "
+                        f"with --pair: fram,media,link,idle)")
     p.add_argument("--points", default="recovery-first,latency-first,sequential-lru",
                    help="record policies to pick from at each power-on (comma-separated)")
     p.add_argument("--local-cache", choices=("mixed", "on", "off"), default="mixed",
                    help="local medium: a volatile write cache, write-through, or a mix "
                         "(default: 3 cycles in 4 cached)")
+    p.add_argument("--pair", action="store_true",
+                   help="torture a pair (issue 15): two appliances sharing D and M, the "
+                        "record held on the peer, power cuts on either or both "
+                        "(tools/torture_pair.py)")
+    p.add_argument("--victims", default="primary,holder,both",
+                   help="--pair: whose power goes, picked per cut (comma-separated)")
     p.add_argument("--workdir", help="scratch directory (default: a new one in /dev/shm)")
     p.add_argument("--keep-going", action="store_true",
                    help="go on after a failed check (default: stop at the first)")
@@ -918,7 +925,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    if args.pair:
+        from tools.torture_pair import main_pair
+
+        return main_pair(args, seed)
+    phases = tuple(p.strip() for p in (args.phases or ",".join(PHASES)).split(",")
+                   if p.strip())
     points = tuple(p.strip() for p in args.points.split(",") if p.strip())
     unknown = [p for p in phases if p not in PHASES]
     if unknown or not phases:
