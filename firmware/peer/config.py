@@ -61,6 +61,9 @@ class PairConfig:
     trust_lease: bool = True  # the peer honours its lease (its core, and a watchdog)
     auto_takeover: bool = True
     fram_retry_s: float = 1.0
+    # Active-active (issue 16): both nodes serve; a MARK asks for ownership (events.py).
+    coherent: bool = False
+    dwell_s: float = 0.05  # a region won is kept this long before the peer may take it
 
     def __post_init__(self) -> None:
         if not self.key:

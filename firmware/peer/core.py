@@ -48,6 +48,7 @@ from firmware.peer.config import (
 )
 from firmware.peer.events import (
     Action,
+    Covered,
     Event,
     FenceResult,
     FlushClears,
@@ -56,12 +57,17 @@ from firmware.peer.events import (
     FramFailed,
     Freeze,
     FullResyncDone,
+    Handed,
     HostWrite,
     LinkDown,
     LinkUp,
     Mirrored,
     Persist,
     RejoinCommand,
+    ReleaseAsk,
+    ReleaseDone,
+    ReleaseReady,
+    ReleaseRequest,
     Report,
     Resync,
     RoleChanged,
@@ -259,6 +265,16 @@ class _Request:
 
 
 @dataclass
+class _Release:
+    """The peer's request for regions (active-active), as the own core tracks it."""
+
+    regions: frozenset[int]
+    allowed: frozenset[int]  # our writes that were waiting when it came (ties won)
+    asked_at: float
+    ready: bool = False
+
+
+@dataclass
 class _Handover:
     """A stale node's answer to the survivor's RECONCILE_REQ, part by part."""
 
@@ -367,8 +383,20 @@ class PairCore:
         self._last_reconcile = float("-inf")
         self._handover_marks: set[int] = set()
 
+        # Active-active, as the own core: the peer's requests for regions (its MARK
+        # tokens) not answered yet or answered and not yet handed; regions given away
+        # while this node's own MARK for them was out; when each region was won.
+        self._releases: dict[int, _Release] = {}
+        self._surrendered: dict[int, int] = {}  # region -> batch id whose ack is void
+        self._won_at: dict[int, float] = {}
+        self.handover_waits: list[float] = []  # request to ready, seconds (last 1000)
+        self.handovers = 0
+
         # As record-holder.
         self._cleared_upto: dict[int, int] = {}  # region -> highest gen cleared
+        # Active-active: the peer's MARKs waiting for this node to let go of regions.
+        self._release_wait: dict[int, tuple[str, Header, Mark]] = {}
+        self._granted: dict[int, None] = {}  # MARK batches made durable (the latest)
         # A grant made just before this boot may still run at the peer.
         self._promised_until = now + config.lease_s
         self._fencing = False
@@ -425,6 +453,12 @@ class PairCore:
             self._on_rejoin()
         elif isinstance(event, FullResyncDone):
             self._on_full_resync_done()
+        elif isinstance(event, ReleaseRequest):
+            self._on_release_request(event)
+        elif isinstance(event, ReleaseDone):
+            self._on_release_done(event)
+        elif isinstance(event, Handed):
+            self._on_handed(event)
         self._settle()
         out, self._out = self._out, []
         return out
@@ -447,6 +481,7 @@ class PairCore:
         """After every event: send what is due, persist what changed, report changes."""
         self._send_marks()
         self._flush_clears(force=False)
+        self._check_releases()
         self._release_writes()
         self._pump_fram()
         self._update_freeze()
@@ -529,8 +564,9 @@ class PairCore:
     def mirror_snapshot(self, region: int) -> int | None:
         """The gen to pass to ``Mirrored`` once ``region`` is copied, or None if it may
         not be copied now (frozen, a write to it in flight or waiting, nothing to copy)."""
-        if self._frozen or self._busy(region) or not self._is_dirty(region):
-            return None
+        if (self._frozen or self._busy(region) or not self._is_dirty(region)
+                or self._peer_wants(region)):
+            return None  # (a region the peer asked for is not copied by us any more)
         return self._gen.get(region, 0)
 
     def status(self) -> PairStatus:
@@ -743,6 +779,8 @@ class PairCore:
     def _try_write(self, write_id: int, write: _Write, *, first: bool = False) -> bool:
         """Let the write proceed if it may; otherwise queue what it needs. True: issued."""
         regions = write.regions
+        if self._releases and self._held_off(write_id, regions):
+            return self._wait(write_id, write, "hand-over", first)
         if self._sole_mode:
             intent = self._tables[INTENT]
             held = self._tables[HELD]
@@ -937,6 +975,12 @@ class PairCore:
         for r in batch.regions:
             if self._marking.get(r) == msg.batch:
                 del self._marking[r]
+                if self._surrendered.get(r) == msg.batch:
+                    # Given to the peer while this MARK was out: the ack came after the
+                    # peer took the region back, so it is not ours. Our entry goes.
+                    del self._surrendered[r]
+                    self._queue_clear(r, batch.gen)
+                    continue
                 self._acked[r] = batch.gen
         self._admit_acked()
 
@@ -946,6 +990,7 @@ class PairCore:
         intent, held = self._tables[INTENT], self._tables[HELD]
         for r in [r for r in self._acked if intent.has(r) or held.has(r)]:
             self._lc[r] = self._acked.pop(r)
+            self._won_at[r] = self._now
             self._handover_marks.discard(r)
         self._leave_sole()
 
@@ -986,6 +1031,9 @@ class PairCore:
             return
         self._lc.pop(r, None)  # removed locally before the holder is asked to
         self._resync.discard(r)
+        self._queue_clear(r, g)
+
+    def _queue_clear(self, r: int, g: int) -> None:
         if not self._clear_queue:
             self._clear_queued_at = self._now
         self._clear_queue[r] = g
@@ -1385,12 +1433,120 @@ class PairCore:
             self._count_refused("full")
             self._nak(link, h, "full", f"{self._capacity - 1} entries")
             return
+        if self.config.coherent:
+            if msg.batch in self._granted:
+                # Sent again before our ack arrived: the regions were given then, and
+                # may have come back to us since. Only the ack is owed again.
+                self._send_data(MarkAck(msg.batch))
+                return
+            # The MARK asks for the regions: this node lets go of them first.
+            if msg.batch not in self._release_wait:
+                self._release_wait[msg.batch] = (link, h, msg)
+                self._out.append(ReleaseAsk(msg.batch, frozenset(e.region for e in entries)))
+            return
+        self._hold_marked(msg)
+
+    def _hold_marked(self, msg: Mark) -> None:
+        held = self._tables[HELD]
+        entries = [Entry(start + i, msg.gen, kind) for start, count, kind in msg.runs
+                   for i in range(count)]
+        put: set[int] = set()
         for e in entries:
             if self._cleared_upto.get(e.region, -1) >= e.gen:
                 continue  # a late copy of a MARK whose region was cleared since
             held.put(e)
+            put.add(e.region)
         batch = msg.batch
-        self._when_durable(lambda: self._send_data(MarkAck(batch)))
+        regions = frozenset(put)
+        if self.config.coherent:
+            self._granted[batch] = None
+            while len(self._granted) > 4096:
+                del self._granted[next(iter(self._granted))]
+
+        def durable() -> None:
+            if self.config.coherent:
+                self._out.append(Covered(batch, regions))
+            self._send_data(MarkAck(batch))
+
+        self._when_durable(durable)
+
+    def _on_release_done(self, event: ReleaseDone) -> None:
+        waiting = self._release_wait.pop(event.token, None)
+        if waiting is None:
+            return
+        link, h, msg = waiting
+        held = self._tables[HELD].want
+        new = {start + i for start, count, _ in msg.runs for i in range(count)} - held.keys()
+        if not self._serving_peer() or len(held) + len(new) > self._capacity - 1:
+            # The session ended, or the table filled meanwhile: the peer sends the MARK
+            # again if it still wants the regions; until then they are this node's again.
+            if self._serving_peer():
+                self._count_refused("full")
+                self._nak(link, h, "full", f"{self._capacity - 1} entries")
+            self._out.append(Covered(event.token, frozenset()))
+            return
+        self._hold_marked(msg)
+
+    # -- active-active: letting the peer have regions (the own core) ---------------------
+
+    def _peer_wants(self, region: int) -> bool:
+        return any(region in rel.regions for rel in self._releases.values())
+
+    def _held_off(self, write_id: int, regions: Iterable[int]) -> bool:
+        """A write waits while the peer asks for one of its regions, unless it was
+        already waiting when the peer asked and this node wins ties (then it goes first
+        and the peer's MARK waits for it)."""
+        for rel in self._releases.values():
+            if write_id not in rel.allowed and not rel.regions.isdisjoint(regions):
+                return True
+        return False
+
+    def _wins_ties(self) -> bool:
+        return self.config.node < self.config.peer
+
+    def _on_release_request(self, event: ReleaseRequest) -> None:
+        if event.token in self._releases:
+            return  # the MARK sent again while we let go
+        allowed: frozenset[int] = frozenset()
+        if self._wins_ties():
+            allowed = frozenset(w for w, write in self._writes.items()
+                                if not write.issued and not event.regions.isdisjoint(
+                                    write.regions))
+        self._releases[event.token] = _Release(event.regions, allowed, self._now)
+
+    def _check_releases(self) -> None:
+        for token, rel in self._releases.items():
+            if rel.ready:
+                continue
+            if any(self._pending.get(r) for r in rel.regions):
+                continue  # a write of ours to it is on its way to D
+            if any(w in self._writes and not self._writes[w].issued for w in rel.allowed):
+                continue  # ours go first (ties), and they still wait
+            if any(self._now < self._won_at.get(r, float("-inf")) + self.config.dwell_s
+                   for r in rel.regions):
+                continue  # just won: keep it a moment (no ping-pong)
+            rel.ready = True
+            self.handover_waits.append(self._now - rel.asked_at)
+            del self.handover_waits[:-1000]
+            self._out.append(ReleaseReady(token, rel.regions))
+
+    def _on_handed(self, event: Handed) -> None:
+        rel = self._releases.pop(event.token, None)
+        for r in event.regions:
+            self._won_at.pop(r, None)
+            owned = r in self._lc or r in self._acked or r in self._resync
+            if owned:
+                g = self._lc.pop(r, None)
+                g2 = self._acked.pop(r, None)
+                self._resync.discard(r)
+                self.handovers += 1
+                # Out of our record: it is in the peer's now (compare-and-clear as ever).
+                self._queue_clear(r, max(self._gen.get(r, 0), g or 0, g2 or 0))
+            batch = self._marking.get(r)
+            if batch:
+                self._surrendered[r] = batch  # its ack, if it comes, is void
+        if rel is not None:
+            self._release_writes()
 
     def _on_clear(self, link: str, h: Header, msg: Clear) -> None:
         if not self._serving_peer():

@@ -120,9 +120,44 @@ class FullResyncDone:
     start-up that asked for a full resync."""
 
 
+# Active-active (``PairConfig.coherent``): a node runs two cores, its *own* (primary: its
+# record, held at the peer) and the *holder* of the peer's record. A MARK from the peer is
+# the peer asking for the regions: the holder core asks the own core to let them go
+# (``ReleaseAsk`` -> ``ReleaseRequest``), the own core answers once its writes to them are
+# done (``ReleaseReady``), the node makes sure its mirror is quiet on them and says so
+# (``ReleaseDone``), the holder core makes the MARK durable and, just before its ack, says
+# the regions are covered by the peer's record (``Covered`` -> ``Handed``): the own core
+# then takes them out of its local copy and clears them from its own record.
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    """To the own core: the peer asks for ``regions`` (its MARK ``token`` waits)."""
+
+    token: int
+    regions: frozenset[int]
+
+
+@dataclass(frozen=True)
+class ReleaseDone:
+    """To the holder core: this node let go of the MARK's regions and its mirror is quiet
+    on them: make the MARK durable and acknowledge it."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class Handed:
+    """To the own core: the MARK ``token``'s ``regions`` are durable in the peer's record
+    held here (none: the MARK was dropped, the regions are this node's again)."""
+
+    token: int
+    regions: frozenset[int]
+
+
 Event = (HostWrite | WriteDone | WriteCancel | FrameIn | LinkUp | LinkDown | Tick | FramDone
          | FramFailed | Mirrored | FlushClears | FenceResult | TakeoverCommand | RejoinCommand
-         | FullResyncDone)
+         | FullResyncDone | ReleaseRequest | ReleaseDone | Handed)
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -230,5 +265,33 @@ class Report:
     detail: str
 
 
+@dataclass(frozen=True)
+class ReleaseAsk:
+    """From the holder core: the peer's MARK ``token`` asks for ``regions``; pass them
+    to this node's own core as ``ReleaseRequest``."""
+
+    token: int
+    regions: frozenset[int]
+
+
+@dataclass(frozen=True)
+class ReleaseReady:
+    """From the own core: no write of this node to ``regions`` is in flight and none
+    will be issued; once the mirror is quiet on them, ``ReleaseDone(token)`` to the
+    holder core."""
+
+    token: int
+    regions: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Covered:
+    """From the holder core: the MARK ``token``'s regions are durable here, in the
+    peer's record; ``Handed(regions)`` to the own core (the ack follows)."""
+
+    token: int
+    regions: frozenset[int]
+
+
 Action = (Send | Persist | WriteProceed | WriteWait | WriteRefused | Freeze | Thaw | TakeOver
-          | Resync | RunFence | RoleChanged | Report)
+          | Resync | RunFence | RoleChanged | Report | ReleaseAsk | ReleaseReady | Covered)
