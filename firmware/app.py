@@ -612,6 +612,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pair.add_argument("--fence-timeout", type=float, default=30.0, metavar="S")
     pair.add_argument("--lease", type=float, default=3.0, metavar="S",
                       help="the primary's lease on writing the media (default 3)")
+    pair.add_argument("--pair-mode", choices=["primary-backup", "active-active"],
+                      default="primary-backup",
+                      help="primary-backup (default): one node serves, the other holds its "
+                           "record; active-active: both serve the same disk, each holding "
+                           "the other's record, regions owned by one at a time (issue 16, "
+                           "in progress: no takeover yet, see docs/pair.md)")
     pair.add_argument("--no-auto-takeover", action="store_true",
                       help="the record-holder takes over only on 'peer takeover'")
     pair.add_argument("--no-trust-lease", action="store_true",
@@ -656,7 +662,7 @@ def _run(args: argparse.Namespace) -> int:
                 role=args.pair_role, peer_node=args.peer_node, listen=args.peer_listen,
                 fence_command=args.fence_command, fence_timeout_s=args.fence_timeout,
                 lease_s=args.lease, auto_takeover=not args.no_auto_takeover,
-                trust_lease=not args.no_trust_lease)
+                trust_lease=not args.no_trust_lease, mode=args.pair_mode)
         except ValueError as exc:
             print(f"tandem: {exc}", file=sys.stderr)
             return 2

@@ -34,7 +34,7 @@ import concurrent.futures
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -120,6 +120,7 @@ class Mirror:
         self._last_probe = float("-inf")
         # Which appliance copies a region in catch-up: the pair (issue 15) sets this.
         self.may_copy: MayCopy = this_appliance_copies
+        self._copying: list[int] = []  # the catch-up chunk the worker copies now
         self._verifier = Verifier(record, local, self._second, self.config,
                                   worker=self._in_worker, turn=self._verify_turn,
                                   pending=lambda region: region in self._sweep,
@@ -292,6 +293,14 @@ class Mirror:
             "verify_error": v.error,
         })
         return out
+
+    def touches(self, regions: Collection[int]) -> bool:
+        """Is a write or copy to the second medium that touches ``regions`` queued or on
+        its way? (Active-active: a region is handed to the peer only when none is, so no
+        stale copy of ours can land after the peer's.)"""
+        if any(region in regions for region in self._copying):
+            return True
+        return self._pipeline.touches(regions, self.record.region_shift)
 
     async def drained(self) -> None:
         """Wait until the second medium holds every write submitted so far."""
@@ -505,7 +514,8 @@ class Mirror:
             return
         pipeline.track(Run(asyncio.wrap_future(future), size, seq=upto,
                            payload_bytes=sum(write.length for write in batch),
-                           oldest=batch[0].queued_at, handover=handover))
+                           oldest=batch[0].queued_at, handover=handover,
+                           extents=[(write.offset, write.length) for write in batch]))
         self._retire_done()
 
     def _write_batch(self, batch: list[QueuedWrite]) -> concurrent.futures.Future[Any]:
@@ -583,10 +593,22 @@ class Mirror:
                     self._retire_done()
                 following = chunks[index + 1] if checksums and index + 1 < len(chunks) \
                     else None
+                # Asked again right before the copy: a region may have become another
+                # appliance's since the pass began (active-active hands regions over).
+                mine = [region for region in chunk if self.may_copy(region)]
+                if len(mine) < len(chunk):
+                    complete = False
+                    chunk = mine
+                    if not chunk:
+                        continue
                 # The blocks to copy, as noted until now (later writes are noted again).
                 masks = self._masks.take(chunk)
-                future, sent = await self._in_worker(functools.partial(
-                    self._copy_regions, chunk, masks, checksums, following))
+                self._copying = chunk
+                try:
+                    future, sent = await self._in_worker(functools.partial(
+                        self._copy_regions, chunk, masks, checksums, following))
+                finally:
+                    self._copying = []
                 if self._session_changed():
                     raise _NewSession()
                 planned = sum(self._masks.copy_bytes(region, masks) for region in chunk)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,7 @@ class Run:
     oldest: float | None = None  # ordered: when its first write was queued
     regions: list[int] = field(default_factory=list)  # catch-up: these regions...
     upto: int = 0  # ...as of every write up to this one
+    extents: list[tuple[int, int]] = field(default_factory=list)  # ordered: (offset, length)
     handover: bool = False  # ordered: once durable, the remote is an image of the volume
 
 
@@ -91,6 +92,7 @@ class Pipeline:
         self.queue: collections.deque[QueuedWrite] = collections.deque()
         self.queued_bytes = 0
         self.batch_bytes = 0  # the batch a worker is writing now
+        self.batch: list[QueuedWrite] = []
         self.batch_oldest: float | None = None
         self.inflight: collections.deque[Run] = collections.deque()
         self.inflight_bytes = 0
@@ -133,16 +135,35 @@ class Pipeline:
             size += write.cost
         self.queued_bytes -= size
         self.batch_bytes = size
+        self.batch = batch
         self.batch_oldest = batch[0].queued_at if batch else None
         return batch, size
 
     def batch_written(self) -> None:
+        self.batch = []
         self.batch_bytes = 0
         self.batch_oldest = None
 
     def holds_handover(self, batch: list[QueuedWrite]) -> bool:
         marked = self.handover_write
         return marked is not None and any(write is marked for write in batch)
+
+    def touches(self, regions: Collection[int], shift: int) -> bool:
+        """Does a queued write, the batch being written or a run in flight touch one of
+        ``regions`` (of ``1 << shift`` bytes)?"""
+        def hit(offset: int, length: int) -> bool:
+            first, last = offset >> shift, (offset + max(length, 1) - 1) >> shift
+            return any(first <= r <= last for r in regions)
+
+        for write in (*self.queue, *self.batch):
+            if hit(write.offset, write.length):
+                return True
+        for run in self.inflight:
+            if any(r in regions for r in run.regions):
+                return True
+            if any(hit(offset, length) for offset, length in run.extents):
+                return True
+        return False
 
     # -- runs in flight -------------------------------------------------------------
 

@@ -45,6 +45,17 @@ def _peer(node: PairNode | None, args: list[str]) -> list[str]:
         if rest not in ([], ["--json"]):
             raise UsageError("peer status [--json]")
         status = node.runtime.status()
+        if node.holder is not None:  # active-active: the peer's record, held here
+            status["mode"] = "active-active"
+            status["holder"] = node.holder.status()
+            waits = sorted(node.core.handover_waits)
+            status["handovers"] = {
+                "count": node.core.handovers,
+                "mean_wait_ms": round(1000 * sum(waits) / len(waits), 3) if waits else None,
+                "p99_wait_ms": round(1000 * waits[int(0.99 * (len(waits) - 1))], 3)
+                if waits else None,
+                "owned_regions": len(node.core.local_copy()),
+                "peer_owned_regions": len(node.holder.core.held_regions())}
         if rest:
             return [json.dumps(status, separators=(",", ":"), default=str)]
         return _status_lines(status)
@@ -117,6 +128,17 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
         f"record complete {'yes' if status['held_complete'] else 'no'} · full resync "
         f"{'owed' if status['full_resync'] else 'no'}",
     ]
+    handovers = status.get("handovers")
+    if handovers is not None:  # active-active
+        holder = status["holder"]
+        wait = "-" if handovers["mean_wait_ms"] is None else (
+            f"mean {handovers['mean_wait_ms']:.1f} ms, p99 {handovers['p99_wait_ms']:.1f} ms")
+        lines += [
+            f"active-active: owned here {handovers['owned_regions']}, by the peer "
+            f"{handovers['peer_owned_regions']} · hand-overs {handovers['count']} ({wait})",
+            f"peer's record held here: {holder['state']} at epoch {holder['epoch']}, "
+            f"{holder['held_regions']} regions",
+        ]
     for report in status["reports"][-5:]:
         lines.append(f"report {report['kind']}: {report['detail']}")
     return lines

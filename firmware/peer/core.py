@@ -518,6 +518,11 @@ class PairCore:
         """The regions this node's FRAM holds for its peer (durably)."""
         return frozenset(self._tables[HELD].durable)
 
+    def holds(self, region: int) -> bool:
+        """Does this node's FRAM hold ``region`` for the peer (now, or once the change on
+        its way lands)? Active-active: the peer owns it."""
+        return region in self._tables[HELD].want
+
     def intent_regions(self) -> frozenset[int]:
         return frozenset(self._tables[INTENT].durable)
 

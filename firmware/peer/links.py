@@ -72,7 +72,9 @@ class PeerLink(Protocol):
     name: str
     kind: str
     counters: LinkCounters
-    last_error: str | None
+
+    @property
+    def last_error(self) -> str | None: ...
 
     @property
     def up(self) -> bool: ...

@@ -25,11 +25,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from firmware.parsing import parse_host_port
+from firmware.peer.channels import HOLDER, OWN, LinkMux, record_key
 from firmware.peer.config import LinkConfig, PairConfig, serial_link, tcp_link
-from firmware.peer.events import FlushClears, FullResyncDone, RoleChanged, TakeOver
+from firmware.peer.events import (
+    Action,
+    Covered,
+    FlushClears,
+    FullResyncDone,
+    Handed,
+    ReleaseAsk,
+    ReleaseDone,
+    ReleaseReady,
+    ReleaseRequest,
+    RoleChanged,
+    TakeOver,
+)
 from firmware.peer.frames import PRIMARY, RECORD_HOLDER
 from firmware.peer.held import LoadedPair, PairFram, PairLayoutError, PairState
-from firmware.peer.links import link_kind
+from firmware.peer.links import PeerListener, link_kind, open_link
 from firmware.peer.runtime import PairHooks, PairRuntime
 from firmware.peer.store import PeerRecordStore
 from hal.media.base import Medium
@@ -44,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tandem.peer")
 
 ROLES = (PRIMARY, RECORD_HOLDER)
+ACTIVE_ACTIVE = "active-active"
+MODES = ("primary-backup", ACTIVE_ACTIVE)
 
 
 @dataclass
@@ -60,6 +75,7 @@ class PairSettings:
     auto_takeover: bool = True
     trust_lease: bool = True
     anti_entropy_s: float | None = 60.0
+    mode: str = "primary-backup"  # or "active-active" (issue 16: both serve)
     extra: dict[str, float] = field(default_factory=dict)  # more PairConfig tuning
     tick_s: float | None = 0.05  # None: the caller calls runtime.tick() (a simulation)
 
@@ -68,6 +84,8 @@ class PairSettings:
             raise ValueError(f"--pair-role: one of {', '.join(ROLES)}, not {self.role!r}")
         if not self.peers:
             raise ValueError("a pair needs at least one --peer link")
+        if self.mode not in MODES:
+            raise ValueError(f"--pair-mode: one of {', '.join(MODES)}, not {self.mode!r}")
 
 
 def default_peer_name(node: str) -> str:
@@ -88,26 +106,45 @@ def read_key(path: str) -> bytes:
     return key
 
 
-def pair_config(s: PairSettings, peer: str) -> PairConfig:
+def pair_config(s: PairSettings, peer: str, *, key: bytes | None = None,
+                **more: object) -> PairConfig:
     links: list[LinkConfig] = [tcp_link(url) if link_kind(url) == "tcp" else serial_link(url)
                                for url in s.peers]
-    return PairConfig(node=s.node, peer=peer, key=read_key(s.key_file), links=tuple(links),
-                      lease_s=s.lease_s, fence_command=bool(s.fence_command),
-                      trust_lease=s.trust_lease, auto_takeover=s.auto_takeover,
-                      anti_entropy_s=s.anti_entropy_s, **s.extra)  # type: ignore[arg-type]
+    settings: dict[str, object] = dict(
+        lease_s=s.lease_s, fence_command=bool(s.fence_command), trust_lease=s.trust_lease,
+        auto_takeover=s.auto_takeover, anti_entropy_s=s.anti_entropy_s)
+    settings.update(s.extra)
+    settings.update(more)
+    return PairConfig(node=s.node, peer=peer, key=key or read_key(s.key_file),
+                      links=tuple(links), **settings)  # type: ignore[arg-type]
 
 
 def open_pair_fram(nvram: Nvram, s: PairSettings, peer: str, *,
-                   media_existed: bool) -> tuple[PairFram, LoadedPair, str]:
-    """Load the pair's FRAM, or format it for a node that never paired; why, in words."""
-    fram = PairFram(nvram)
+                   media_existed: bool, base: int = 0, size: int | None = None,
+                   role: str | None = None) -> tuple[PairFram, LoadedPair, str]:
+    """Load the pair's FRAM (or the window ``[base, base + size)`` of it), or format it
+    for a node that never paired; why, in words."""
+    role = role or s.role
+    fram = PairFram(nvram, base=base, size=size)
     try:
         loaded = fram.open_boot()
     except PairLayoutError as exc:
+        if base == 0 and size is not None and size < nvram.size:
+            # The first window unreadable but the whole FRAM a pair record: one that
+            # spans it all, written in primary-backup mode. Never format over it.
+            try:
+                PairFram(nvram).load()
+            except PairLayoutError:
+                pass
+            else:
+                raise PairLayoutError(
+                    "the FRAM holds a primary-backup pair record: start this node without "
+                    "--pair-mode active-active (or let it hand over and wipe first)"
+                ) from exc
         # A primary that finds media with data but no pair record cannot know what may
         # differ: everything. A blank record-holder holds nothing yet (incomplete).
-        full = s.role == PRIMARY and media_existed
-        fram.format(PairState(s.node, peer, s.role, full_resync=full))
+        full = role == PRIMARY and media_existed
+        fram.format(PairState(s.node, peer, role, full_resync=full))
         loaded = fram.open_boot()
         why = f"new pair record ({exc}); " + ("FULL RESYNC" if full else "nothing to resync")
         if full:
@@ -136,17 +173,51 @@ class PairNode:
                 peer = PairFram(nvram).load().state.peer
             except PairLayoutError:
                 peer = default_peer_name(settings.node)
-        self.config = pair_config(settings, peer)
-        self.fram, loaded, self.startup = open_pair_fram(nvram, settings, peer,
-                                                         media_existed=media_existed)
         listen = parse_host_port(settings.listen, default_host="0.0.0.0") \
             if settings.listen else None
-        self.runtime = PairRuntime(self.config, self.fram, loaded, peer_urls=settings.peers,
-                                   listen=listen, clock=clock,
-                                   fence_command=settings.fence_command,
-                                   fence_timeout_s=settings.fence_timeout_s,
-                                   fram_executor=fram_executor,
-                                   open_peer_link=open_peer_link, tick_s=settings.tick_s)
+        self.active_active = settings.mode == ACTIVE_ACTIVE
+        self.holder: PairRuntime | None = None  # active-active: the peer's record, here
+        self.mux: LinkMux | None = None
+        self.listener: PeerListener | None = None
+        runtime_options: dict[str, Any] = dict(
+            peer_urls=settings.peers, clock=clock, fence_command=settings.fence_command,
+            fence_timeout_s=settings.fence_timeout_s, fram_executor=fram_executor,
+            tick_s=settings.tick_s)
+        if not self.active_active:
+            self.config = pair_config(settings, peer)
+            self.fram, loaded, self.startup = open_pair_fram(nvram, settings, peer,
+                                                             media_existed=media_existed)
+            self.runtime = PairRuntime(self.config, self.fram, loaded, listen=listen,
+                                       open_peer_link=open_peer_link, **runtime_options)
+        else:
+            # Two directions (channels.py): this node's record, held at the peer, in the
+            # FRAM's first half; the peer's record, held here, in the second.
+            key = read_key(settings.key_file)
+            half = nvram.size // 2
+            self.config = pair_config(settings, peer, key=record_key(key, settings.node),
+                                      coherent=True)
+            holder_config = pair_config(settings, peer, key=record_key(key, peer),
+                                        coherent=True, auto_takeover=False)
+            # A blank record is not read as "anything may differ" here: the peer's writes
+            # are in the peer's record, and the node that came up first made the media
+            # the other one finds. Media with an unknown past must be in sync before an
+            # active-active pair starts on them (docs/pair.md).
+            self.fram, loaded, own_why = open_pair_fram(
+                nvram, settings, peer, media_existed=False, size=half, role=PRIMARY)
+            holder_fram, holder_loaded, holder_why = open_pair_fram(
+                nvram, settings, peer, media_existed=False, base=half,
+                size=nvram.size - half, role=RECORD_HOLDER)
+            self.startup = f"active-active: own record {own_why}; peer's {holder_why}"
+            self.mux = LinkMux(settings.peers, open_peer_link or open_link)
+            self.runtime = PairRuntime(self.config, self.fram, loaded,
+                                       open_peer_link=self.mux.channel(OWN),
+                                       **runtime_options)
+            self.holder = PairRuntime(holder_config, holder_fram, holder_loaded,
+                                      open_peer_link=self.mux.channel(HOLDER),
+                                      **runtime_options)
+            if listen is not None:
+                self.listener = PeerListener(*listen, self.mux.tcp_link())
+            self._ready: dict[int, frozenset[int]] = {}  # released, mirror not quiet yet
         self.store = PeerRecordStore(self.runtime, clock=clock)
         self.record: Record | None = None
         self.mirror: Mirror | None = None
@@ -163,7 +234,11 @@ class PairNode:
 
     def fence(self, medium: Medium) -> FencedMedium:
         gate = self.runtime.gate
-        return FencedMedium(medium, gate.may_write, gate.refusal)
+        if self.holder is None:
+            return FencedMedium(medium, gate.may_write, gate.refusal)
+        holder_gate = self.holder.gate
+        return FencedMedium(medium, lambda: gate.may_write() or holder_gate.may_write(),
+                            gate.refusal)
 
     async def start(self, record: Record, mirror: Mirror) -> None:
         self.record = record
@@ -175,6 +250,15 @@ class PairNode:
         # The core starts frozen (no lease before the peer is heard) and says Thaw only:
         # the mirror waits from the start, rather than fail against the fenced media.
         self._on_freeze(self.core.frozen, "starting")
+        if self.holder is not None:
+            # Active-active: only regions this node owns are copied by its mirror.
+            mirror.may_copy = lambda region: self.core.mirror_snapshot(region) is not None
+            self.store.peer_owns = self.holder.core.holds
+            self.runtime.hooks.on_coherence = self._own_says
+            self.holder.hooks = PairHooks(on_coherence=self._holder_says)
+            if self.listener is not None:
+                await self.listener.start()
+            await self.holder.start()
         await self.runtime.start()
 
     async def stop(self, *, graceful: bool) -> None:
@@ -189,6 +273,10 @@ class PairNode:
                     break
                 await asyncio.sleep(0.05)
         await self.runtime.close()
+        if self.holder is not None:
+            await self.holder.close()
+        if self.listener is not None:
+            await self.listener.close()
         if self.watchdog is not None:
             if graceful:
                 self.watchdog.disarm()
@@ -232,7 +320,36 @@ class PairNode:
             self._mirror_paused_by_us = False
             mirror.resume()
 
+    # -- active-active: the two cores of this node (events.py, ReleaseAsk...) ---------
+
+    def _holder_says(self, action: Action) -> None:
+        if isinstance(action, ReleaseAsk):
+            self.runtime.submit(ReleaseRequest(action.token, action.regions))
+        elif isinstance(action, Covered):
+            self.runtime.submit(Handed(action.token, action.regions))
+
+    def _own_says(self, action: Action) -> None:
+        if isinstance(action, ReleaseReady):
+            if self.record is not None:
+                self.record.disown(action.regions)
+            self._ready[action.token] = action.regions
+            self._hand_over_quiet()
+
+    def _hand_over_quiet(self) -> None:
+        """Regions the own core let go of go to the peer once no copy of ours to the
+        second medium touches them (a stale copy must not land after the peer's)."""
+        mirror, holder = self.mirror, self.holder
+        if mirror is None or holder is None:
+            return
+        for token, regions in list(self._ready.items()):
+            if not mirror.touches(regions):
+                del self._ready[token]
+                holder.submit(ReleaseDone(token))
+
     def _on_tick(self) -> None:
+        if self.holder is not None:
+            self.holder.tick()
+            self._hand_over_quiet()
         if self.watchdog is not None:
             self.watchdog.pet()  # the loop runs: the lease means something
         self.store.offer_clears()
@@ -265,4 +382,9 @@ class PairNode:
             "peer_frozen": core.frozen,
             # Regions the record let go that the core could not take as mirrored yet.
             "peer_clears_pending": self.store.uncleared,
-        }
+        } | ({} if self.holder is None else {
+            "peer_mode": ACTIVE_ACTIVE,
+            "peer_holder_state": self.holder.core.state.value,
+            "peer_held_regions": len(self.holder.core.held_regions()),
+            "peer_handovers": core.handovers,
+        })

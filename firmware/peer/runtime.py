@@ -39,6 +39,7 @@ from firmware.peer.config import PairConfig
 from firmware.peer.core import PairCore
 from firmware.peer.events import (
     Action,
+    Covered,
     Event,
     FenceResult,
     FlushClears,
@@ -50,6 +51,8 @@ from firmware.peer.events import (
     LinkDown,
     LinkUp,
     Persist,
+    ReleaseAsk,
+    ReleaseReady,
     Report,
     Resync,
     RoleChanged,
@@ -100,6 +103,8 @@ class PairHooks:
     on_resync: Callable[[frozenset[int], bool], None] = lambda regions, full: None
     on_freeze: Callable[[bool, str], None] = lambda frozen, reason: None
     on_tick: Callable[[], None] = lambda: None
+    # Active-active: ReleaseAsk, ReleaseReady, Covered (the node joins its two cores).
+    on_coherence: Callable[[Action], None] = lambda action: None
 
 
 @dataclass
@@ -278,6 +283,8 @@ class PairRuntime:
         elif isinstance(action, RunFence):
             self._tasks.append(asyncio.get_running_loop().create_task(
                 self._run_fence(), name="peer-fence"))
+        elif isinstance(action, ReleaseAsk | ReleaseReady | Covered):
+            self.hooks.on_coherence(action)
         elif isinstance(action, Report):
             self.reports.append((time.time(), action.kind, action.detail))
             level = logging.INFO if action.kind in ("link-restored", "peer-back") \

@@ -42,6 +42,9 @@ class PeerRecordStore:
         self._uncleared: set[int] = set()
         # Set by the app once the record exists: is the region named there again?
         self.member: Callable[[int], bool] = lambda region: False
+        # Active-active: does the peer own the region now? A prediction never asks the
+        # peer for a region it owns (that would make regions ping-pong for nothing).
+        self.peer_owns: Callable[[int], bool] = lambda region: False
 
     # -- what the appliance asks of its commits (as of GroupCommitStore) --------------
 
@@ -74,7 +77,9 @@ class PeerRecordStore:
         return 0
 
     def must_wait(self, regions: range) -> int:
-        write = self._ask(tuple(regions), tuple(r for r in self._predicted if r not in regions))
+        peer_owns = self.peer_owns
+        write = self._ask(tuple(regions), tuple(r for r in self._predicted
+                                                if r not in regions and not peer_owns(r)))
         self._predicted = []
         self._current[write] = write
         return write

@@ -300,6 +300,20 @@ class Record:
             self.policy.on_admitted(new)
         return len(new)
 
+    def disown(self, regions: Iterable[int]) -> int:
+        """Regions another appliance owns now (active-active): they leave without being
+        mirrored here, as their dirty state is in the other's record. A region with a
+        write of ours still waiting stays (the write will win it back). Returns how
+        many left."""
+        members = self._members
+        gone = [r for r in dict.fromkeys(regions)
+                if r in members and not members[r].inflight]
+        for region in gone:
+            del members[region]
+        if gone:
+            self.policy.on_evicted(gone)
+        return len(gone)
+
     # -- the mirror's progress -----------------------------------------------------
 
     def mirrored_upto(self, seq: int) -> None:

@@ -55,3 +55,27 @@ def test_extents_join_neighbours_and_stop_at_the_medium_end() -> None:
     assert list(extents([0, 1], SHIFT, 10 * REGION, masks)) == [
         (0, WRITTEN_BLOCK), (REGION - WRITTEN_BLOCK, 2 * WRITTEN_BLOCK)]
     assert list(block_runs(0, 0b1110110)) == [(4096, 12288), (16384, 28672)]
+
+
+def test_the_pipeline_knows_which_regions_its_writes_touch() -> None:
+    import asyncio
+
+    from firmware.mirror.pipeline import Pipeline, QueuedWrite, Run
+
+    shift = 16  # 64 KiB regions
+    pipeline = Pipeline(lambda: 0.0)
+    pipeline.enqueue(QueuedWrite(1, 3 * 65536 + 4096, 8192, b"x" * 8192, False, 0.0))
+    assert pipeline.touches({3}, shift) and not pipeline.touches({2, 4}, shift)
+    batch, _ = pipeline.take_batch(1 << 20)
+    assert pipeline.touches({3}, shift)  # being written now
+    pipeline.batch_written()
+    assert not pipeline.touches({3}, shift)
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.create_future()
+        pipeline.track(Run(future, 8192, seq=1, extents=[(w.offset, w.length) for w in batch]))
+        pipeline.track(Run(loop.create_future(), 65536, regions=[9]))
+        assert pipeline.touches({3}, shift) and pipeline.touches({9}, shift)
+        assert not pipeline.touches({4, 8}, shift)
+    finally:
+        loop.close()

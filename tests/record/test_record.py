@@ -287,3 +287,19 @@ def test_random_images_never_load_smaller_than_the_truth(tmp_path) -> None:
         except LayoutError:
             continue
         assert set(truth) <= set(loaded.regions)
+
+
+def test_disowned_regions_leave_without_a_commit_unless_a_write_waits() -> None:
+    # Active-active: a region handed to the peer is the peer's to mirror; it leaves this
+    # record at once, with no NVRAM transaction, but not under a write of ours.
+    record = make_record(capacity=8)
+    write(record, 0, 4096)
+    write(record, REGION, 4096)
+    waiting = record.begin_write(2 * REGION, 4096, 1.0)
+    store = record.store
+    assert isinstance(store, CountingStore)
+    commits = len(store.commits)
+    assert record.disown([0, 2, 7]) == 1
+    assert not record.contains(0) and record.contains(1) and record.contains(2)
+    assert len(store.commits) == commits
+    record.end_write(waiting)

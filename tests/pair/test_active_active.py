@@ -1,0 +1,153 @@
+"""Issue 16, first steps as processes: two ``tandem run --pair-mode active-active`` nodes
+serve one disk; hosts write through both at once.
+
+Each node holds the other's record and a region is owned by one node at a time (a MARK
+asks for it: docs/pair.md). Two libnbd hosts, one per node, write and read a few regions
+both use — disjoint blocks, the same blocks, multi-block writes that overlap partly —
+with a unique payload id in every block; the per-block history must be linearizable
+(tests/linearizability.py). Afterwards both mirrors drain and M == D.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import need
+from tests.linearizability import History, check
+from tests.pair.rig import PairRig
+
+pytestmark = pytest.mark.slow
+
+BLOCK = 4096
+_STAMP = struct.Struct("<QQ")  # payload id, block
+
+
+def payload(ident: int, block: int) -> bytes:
+    return _STAMP.pack(ident, block) * (BLOCK // _STAMP.size)
+
+
+def decode(raw: bytes, block: int) -> int:
+    if raw == bytes(BLOCK):
+        return 0
+    ident, where = _STAMP.unpack_from(raw)
+    return ident if where == block and raw == payload(ident, block) else -1
+
+
+@pytest.fixture
+def rig(tmp_path: Path):
+    need("qemu-io")
+    rig = PairRig(tmp_path, size="256M", extra=("--pair-mode", "active-active"))
+    yield rig
+    rig.close()
+
+
+def start_active_active(rig: PairRig) -> None:
+    rig.a.start()
+    rig.b.start()
+    for node in (rig.a, rig.b):
+        node.wait_peer(lambda s: s["state"] == "connected"
+                       and s["holder"]["state"] == "connected", 30, "both directions up")
+
+
+def qemu_io(uri: str, *commands: str) -> str:
+    args = ["qemu-io", "-f", "raw"]
+    for command in commands:
+        args += ["-c", command]
+    out = subprocess.run([*args, uri], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "error" not in out.stdout.lower(), out.stdout + out.stderr
+    return out.stdout
+
+
+def test_both_serve_and_a_region_moves_to_its_writer(rig: PairRig) -> None:
+    start_active_active(rig)
+    a, b = rig.a, rig.b
+    qemu_io(a.uri, "write -P 0x11 0 64k")
+    qemu_io(b.uri, "write -P 0x22 1M 64k")
+    qemu_io(b.uri, "write -P 0x33 0 4k")  # region 0 was A's: B asks for it
+    out = qemu_io(a.uri, "read -P 0x33 0 4k", "read -P 0x11 4k 60k", "read -P 0x22 1M 64k")
+    assert "Pattern verification failed" not in out
+    a_status, b_status = a.peer(), b.peer()
+    assert a_status["handovers"]["count"] + b_status["handovers"]["count"] >= 1
+    assert a_status["mode"] == "active-active"
+    a.stop()
+    b.stop()
+    assert rig.media_identical(), "M differs from D after both nodes stopped"
+
+
+def _host(uri: str, history: History, blocks: list[int], ids: range, seed: int,
+          until: float, errors: list[str]) -> None:
+    import nbd
+
+    rng = random.Random(seed)
+    handle = nbd.NBD()
+    handle.connect_uri(uri)
+    try:
+        next_id = iter(ids)
+        while time.monotonic() < until:
+            first = rng.choice(blocks)
+            count = rng.choice((1, 1, 2, 3))
+            span = [b for b in range(first, first + count) if b in blocks]
+            if rng.random() < 0.6:
+                ident = next(next_id)
+                data = b"".join(payload(ident, b) for b in span)
+                tokens = [history.invoke_write(b, ident) for b in span]
+                try:
+                    handle.pwrite(data, span[0] * BLOCK)
+                except nbd.Error as exc:
+                    errors.append(f"write {span}: {exc}")
+                    for token in tokens:
+                        history.complete(token, ok=False)
+                    continue
+                for token in tokens:
+                    history.complete(token, ok=True)
+            else:
+                tokens = [history.invoke_read(b) for b in span]
+                try:
+                    raw = handle.pread(len(span) * BLOCK, span[0] * BLOCK)
+                except nbd.Error as exc:
+                    errors.append(f"read {span}: {exc}")
+                    for token in tokens:
+                        history.complete_read(token, None, None)
+                    continue
+                for i, (b, token) in enumerate(zip(span, tokens, strict=True)):
+                    history.complete_read(token, None,
+                                          decode(raw[i * BLOCK:(i + 1) * BLOCK], b))
+    finally:
+        handle.shutdown()
+
+
+def test_two_hosts_through_both_nodes_are_linearizable(rig: PairRig) -> None:
+    start_active_active(rig)
+    # Three regions of 64 KiB: blocks 0-15 mostly A's host, 16-31 both, 32-47 mostly B's.
+    a_blocks = list(range(0, 32))
+    b_blocks = list(range(16, 48))
+    history = History()
+    errors: list[str] = []
+    until = time.monotonic() + 12
+    hosts = [threading.Thread(target=_host, args=(rig.a.uri, history, a_blocks,
+                                                  range(1, 1 << 40), 1, until, errors)),
+             threading.Thread(target=_host, args=(rig.b.uri, history, b_blocks,
+                                                  range(1 << 40, 1 << 41), 2, until, errors))]
+    for host in hosts:
+        host.start()
+    for host in hosts:
+        host.join(60)
+    assert not errors, errors[:5]
+    ops = history.ops()
+    result = check(ops)
+    assert result.ok, result.summary()
+    writes = sum(op.kind == "write" for op in ops)
+    reads = sum(op.kind == "read" for op in ops)
+    assert writes > 50 and reads > 20, (writes, reads)
+    a_status, b_status = rig.a.peer(), rig.b.peer()
+    assert a_status["handovers"]["count"] + b_status["handovers"]["count"] >= 5
+    rig.a.stop()
+    rig.b.stop()
+    assert rig.media_identical(), "M differs from D after both nodes stopped"
