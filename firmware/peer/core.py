@@ -1719,8 +1719,17 @@ class PairCore:
         self._out.append(RoleChanged(RECORD_HOLDER, self.epoch, serving=False))
         self._hello()
 
+    def _keeps_waiting_writes(self) -> bool:
+        """Active-active: a primary that goes sole (its peer is fenced) keeps the host
+        writes that wait; they are issued alone once its own FRAM names them."""
+        return self.config.coherent and self.role == PRIMARY
+
     def _drop_primary_state(self) -> None:
-        self._refuse_waiting("this node is the record-holder now")
+        if not self._keeps_waiting_writes():
+            self._refuse_waiting("this node is the record-holder now")
+        self._releases.clear()  # the peer that asked is gone
+        self._surrendered.clear()
+        self._won_at.clear()
         self._pair_mode = False
         self._lc.clear()
         self._acked.clear()
@@ -1851,7 +1860,7 @@ class PairCore:
     def _on_takeover_command(self, event: TakeoverCommand) -> None:
         if self._taking_over is not None or self._sole_mode:
             return
-        if any(link.hears(self._now) for link in self._links.values()):
+        if not event.fenced and any(link.hears(self._now) for link in self._links.values()):
             self._report("refused", "takeover: the peer is alive; stop it first")
             return
         if event.force:
@@ -1876,7 +1885,8 @@ class PairCore:
         s = self._durable_state
         self._taking_over = method
         self._fencing = False  # a fence still running reports to nobody now
-        self._refuse_waiting("taking over")
+        if not self._keeps_waiting_writes():
+            self._refuse_waiting("taking over")
         self._want_state = replace(self._want_state, role=PRIMARY, epoch=s.epoch + 1,
                                    epoch_creator=self.config.node, parent=_epoch_id(s),
                                    sole=True, held_complete=False,

@@ -106,6 +106,9 @@ class TakeoverCommand:
     down; no fence is waited for)."""
 
     force: bool = False
+    # Active-active: the node's other core has fenced the peer (taken over its record):
+    # go sole without asking whether a link still hears the peer's other core.
+    fenced: bool = False
 
 
 @dataclass(frozen=True)

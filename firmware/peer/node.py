@@ -39,6 +39,7 @@ from firmware.peer.events import (
     ReleaseRequest,
     RoleChanged,
     TakeOver,
+    TakeoverCommand,
 )
 from firmware.peer.frames import PRIMARY, RECORD_HOLDER
 from firmware.peer.held import LoadedPair, PairFram, PairLayoutError, PairState
@@ -197,7 +198,7 @@ class PairNode:
             self.config = pair_config(settings, peer, key=record_key(key, settings.node),
                                       coherent=True)
             holder_config = pair_config(settings, peer, key=record_key(key, peer),
-                                        coherent=True, auto_takeover=False)
+                                        coherent=True)
             # A blank record is not read as "anything may differ" here: the peer's writes
             # are in the peer's record, and the node that came up first made the media
             # the other one finds. Media with an unknown past must be in sync before an
@@ -218,6 +219,8 @@ class PairNode:
             if listen is not None:
                 self.listener = PeerListener(*listen, self.mux.tcp_link())
             self._ready: dict[int, frozenset[int]] = {}  # released, mirror not quiet yet
+            # MARK token -> (the core that took the MARK, the core that lets go)
+            self._asked: dict[int, tuple[PairRuntime, PairRuntime | None]] = {}
         self.store = PeerRecordStore(self.runtime, clock=clock)
         self.record: Record | None = None
         self.mirror: Mirror | None = None
@@ -251,11 +254,20 @@ class PairNode:
         # the mirror waits from the start, rather than fail against the fenced media.
         self._on_freeze(self.core.frozen, "starting")
         if self.holder is not None:
-            # Active-active: only regions this node owns are copied by its mirror.
-            mirror.may_copy = lambda region: self.core.mirror_snapshot(region) is not None
-            self.store.peer_owns = self.holder.core.holds
-            self.runtime.hooks.on_coherence = self._own_says
-            self.holder.hooks = PairHooks(on_coherence=self._holder_says)
+            holder = self.holder
+            # Active-active: only regions this node owns are copied by its mirror (the
+            # holder core owns the peer's regions once it took over from the peer).
+            mirror.may_copy = lambda region: (
+                self.core.mirror_snapshot(region) is not None
+                or holder.core.mirror_snapshot(region) is not None)
+            self.store.peer_owns = holder.core.holds
+            self.store.also = [holder]
+            self.runtime.hooks.on_coherence = lambda action: self._coherence(self.runtime,
+                                                                            action)
+            holder.hooks = PairHooks(on_coherence=lambda action: self._coherence(holder,
+                                                                                 action),
+                                     on_takeover=self._holder_took_over,
+                                     on_resync=self._on_resync)
             if self.listener is not None:
                 await self.listener.start()
             await self.holder.start()
@@ -322,29 +334,59 @@ class PairNode:
 
     # -- active-active: the two cores of this node (events.py, ReleaseAsk...) ---------
 
-    def _holder_says(self, action: Action) -> None:
+    def _coherence(self, source: PairRuntime, action: Action) -> None:
+        """Join the node's two cores. A MARK taken by a record-holding core asks the
+        node's writing core (its own, or after a takeover the other) to let go; a node
+        with no writing core has nothing to let go of."""
         if isinstance(action, ReleaseAsk):
-            self.runtime.submit(ReleaseRequest(action.token, action.regions))
-        elif isinstance(action, Covered):
-            self.runtime.submit(Handed(action.token, action.regions))
-
-    def _own_says(self, action: Action) -> None:
-        if isinstance(action, ReleaseReady):
+            writer = self._writer(besides=source)
+            self._asked[action.token] = (source, writer)
+            if writer is None:
+                self._ready[action.token] = action.regions
+                self._hand_over_quiet()
+            else:
+                writer.submit(ReleaseRequest(action.token, action.regions))
+        elif isinstance(action, ReleaseReady):
             if self.record is not None:
                 self.record.disown(action.regions)
             self._ready[action.token] = action.regions
             self._hand_over_quiet()
+        elif isinstance(action, Covered):
+            _, writer = self._asked.pop(action.token, (None, None))
+            if writer is not None:
+                writer.submit(Handed(action.token, action.regions))
+
+    def _writer(self, besides: PairRuntime) -> PairRuntime | None:
+        for runtime in (self.runtime, self.holder):
+            if runtime is not None and runtime is not besides \
+                    and runtime.core.role == PRIMARY:
+                return runtime
+        return None
 
     def _hand_over_quiet(self) -> None:
-        """Regions the own core let go of go to the peer once no copy of ours to the
+        """Regions this node let go of go to the peer once no copy of ours to the
         second medium touches them (a stale copy must not land after the peer's)."""
-        mirror, holder = self.mirror, self.holder
-        if mirror is None or holder is None:
+        mirror = self.mirror
+        if mirror is None:
             return
         for token, regions in list(self._ready.items()):
             if not mirror.touches(regions):
                 del self._ready[token]
-                holder.submit(ReleaseDone(token))
+                asker, _ = self._asked.get(token, (None, None))
+                if asker is not None:
+                    asker.submit(ReleaseDone(token))
+
+    def _holder_took_over(self, action: TakeOver) -> None:
+        """Active-active: the peer is fenced (its lease ran out, the fence command, the
+        operator) and the core holding its record took over: this node copies the
+        peer's regions and writes everything alone — its own core goes sole too."""
+        self._on_resync(action.resync, action.full_resync)
+        core = self.core
+        log.warning("pair: took over the peer's record; this node's own record goes sole "
+                    "too (%s, epoch %d, sole %s)", core.role, core.epoch,
+                    core.persisted_state.sole)
+        if core.role == PRIMARY and not core.persisted_state.sole:
+            self.runtime.submit(TakeoverCommand(force=True, fenced=True))
 
     def _on_tick(self) -> None:
         if self.holder is not None:

@@ -45,6 +45,9 @@ class PeerRecordStore:
         # Active-active: does the peer own the region now? A prediction never asks the
         # peer for a region it owns (that would make regions ping-pong for nothing).
         self.peer_owns: Callable[[int], bool] = lambda region: False
+        # Active-active: the core holding the peer's record, which names the peer's
+        # regions to copy once it took over; it hears of mirrored regions too.
+        self.also: list[PairRuntime] = []
 
     # -- what the appliance asks of its commits (as of GroupCommitStore) --------------
 
@@ -124,17 +127,21 @@ class PeerRecordStore:
 
     def offer_clears(self, regions: Iterable[int] | None = None) -> None:
         """Tell the core which left regions are mirrored; keep those it cannot take."""
-        core = self.runtime.core
+        runtimes = [self.runtime, *self.also]
         for region in list(self._uncleared if regions is None else regions):
             if region not in self._uncleared:
                 continue
             if self.member(region):
                 self._uncleared.discard(region)  # the record named it again: its turn
                 continue
-            gen = core.mirror_snapshot(region)
-            if gen is not None:
-                self.runtime.submit(Mirrored(region, gen))
-            if not core.is_dirty(region):
+            dirty = False
+            for runtime in runtimes:
+                core = runtime.core
+                gen = core.mirror_snapshot(region)
+                if gen is not None:
+                    runtime.submit(Mirrored(region, gen))
+                dirty = dirty or core.is_dirty(region)
+            if not dirty:
                 self._uncleared.discard(region)
 
     @property
