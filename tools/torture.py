@@ -915,6 +915,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="torture a pair (issue 15): two appliances sharing D and M, the "
                         "record held on the peer, power cuts on either or both "
                         "(tools/torture_pair.py)")
+    p.add_argument("--pair-mode", choices=("primary-backup", "active-active"),
+                   default="primary-backup",
+                   help="--pair: one node serves (default), or both (issue 16)")
     p.add_argument("--victims", default="primary,holder,both",
                    help="--pair: whose power goes, picked per cut (comma-separated)")
     p.add_argument("--workdir", help="scratch directory (default: a new one in /dev/shm)")

@@ -310,6 +310,7 @@ class PairTortureConfig:
     points: tuple[str, ...] = ("recovery-first", "latency-first", "sequential-lru")
     lossy_links: bool = True
     lease_s: float = 3.0
+    mode: str = "primary-backup"  # or "active-active": both nodes serve (issue 16)
     workdir: str | None = None
     keep: bool = False
     stop_on_failure: bool = True
@@ -327,6 +328,7 @@ class PairReport(Report):
     frames_dropped: int = 0
     frames_duplicated: int = 0
     frames_corrupted: int = 0
+    handovers: int = 0  # active-active: regions that moved between the nodes
 
 
 class PairBlockModel(BlockModel):
@@ -501,7 +503,8 @@ class PairTorture:
         self.report.cycles_by_setup[setup] = self.report.cycles_by_setup.get(setup, 0) + 1
         pair = PairSettings(node=node.name, peers=LINK_URLS, key_file=self.key_file,
                             role=PRIMARY if node.name == "a" else RECORD_HOLDER,
-                            lease_s=cfg.lease_s, anti_entropy_s=30.0, tick_s=None)
+                            lease_s=cfg.lease_s, anti_entropy_s=30.0, tick_s=None,
+                            mode=cfg.mode)
         return Settings(
             board=self.boards[mode], data_dir=str(node.data_dir), size=cfg.volume_size,
             region_size=cfg.region_size,
@@ -555,6 +558,8 @@ class PairTorture:
         app = node.app
         if app is None:
             return
+        if app.pair is not None:
+            self.report.handovers += app.pair.core.handovers
         await app.halt()
         for task in list(node.tasks):
             task.cancel()
@@ -629,12 +634,15 @@ class PairTorture:
         if self._last_serving is not None and serving.name != self._last_serving:
             self.report.failovers += 1
         self._last_serving = serving.name
+        if self.active_active:
+            serving = self.plan_rng.choice(self._servers())
         holder = next(n for n in self.nodes.values() if n is not serving)
         kind = self.plan_rng.choice([v for v in self.cfg.victims
                                      for _ in range(_VICTIM_WEIGHTS[v])])
         victims = {"primary": (serving.name,), "holder": (holder.name,),
                    "both": NODES}[kind]
-        phases = [p for p in self.cfg.phases if kind != "holder" or p != "media"] \
+        writes = kind != "holder" or holder in self._servers()
+        phases = [p for p in self.cfg.phases if writes or p != "media"] \
             or ["idle"]  # a record-holder writes neither D nor M
         phase = self.plan_rng.choice([p for p in phases for _ in range(_PHASE_WEIGHTS[p])])
         self._arm(victims, phase)
@@ -699,19 +707,33 @@ class PairTorture:
         for _ in range(_TURNS_PER_STEP):
             await asyncio.sleep(0)
 
+    @property
+    def active_active(self) -> bool:
+        return self.cfg.mode == "active-active"
+
+    def _servers(self) -> list[_Node]:
+        return [n for n in self.nodes.values() if n.up and n.app is not None
+                and n.app.pair is not None and n.app.pair.core.role == PRIMARY
+                and n.app.pair.core.serving]
+
     def _serving(self) -> _Node | None:
-        serving = [n for n in self.nodes.values() if n.up and n.app is not None
-                   and n.app.pair is not None and n.app.pair.core.role == PRIMARY
-                   and n.app.pair.core.serving]
-        return serving[0] if len(serving) == 1 else None
+        """The node the host writes to (active-active: the first of those serving)."""
+        servers = self._servers()
+        if self.active_active:
+            return servers[0] if servers else None
+        return servers[0] if len(servers) == 1 else None
 
     def _healthy(self) -> bool:
-        """Both up, one serving, the other holding its record, nothing being handed over."""
+        """Both up, one serving (active-active: one or both), every core connected,
+        nothing being handed over."""
         if not all(n.up for n in self.nodes.values()) or self._serving() is None:
             return False
         for node in self.nodes.values():
-            assert node.app is not None and node.app.pair is not None
-            if node.app.pair.core.state not in (PeerState.CONNECTED, PeerState.DEGRADED_LINK):
+            pair = node.app.pair if node.app is not None else None
+            assert pair is not None
+            cores = [pair.core] + ([pair.holder.core] if pair.holder is not None else [])
+            if any(core.state not in (PeerState.CONNECTED, PeerState.DEGRADED_LINK)
+                   for core in cores):
                 return False
         return True
 
@@ -773,13 +795,24 @@ class PairTorture:
         path = self.nodes[name].data_dir / "nvram.bin"
         if not path.exists():
             return set(), False, False, ""
-        try:
-            loaded = PairFram(_FramImage(path.read_bytes())).load()
-        except PairLayoutError:
-            return set(), False, False, ""
-        state = loaded.state
-        named = set(loaded.held) | set(loaded.intent)
-        return named, state.full_resync, state.held_complete, state.role
+        image = _FramImage(path.read_bytes())
+        windows = [(0, None)]
+        if self.active_active:  # the node's own record, and the peer's held here
+            half = image.size // 2
+            windows = [(0, half), (half, image.size - half)]
+        named: set[int] = set()
+        full = complete = False
+        role = ""
+        for base, size in windows:
+            try:
+                loaded = PairFram(image, base=base, size=size).load()
+            except PairLayoutError:
+                continue
+            state = loaded.state
+            named |= set(loaded.held) | set(loaded.intent)
+            full = full or state.full_resync
+            complete, role = state.held_complete, state.role
+        return named, full, complete, role
 
     def _check_recorded(self, cycle: int, victims: tuple[str, ...]) -> None:
         differ = self._differing()
@@ -789,7 +822,7 @@ class PairTorture:
         strict = False
         named: set[int] = set()
         everything = False
-        if survivors:
+        if survivors and not self.active_active:
             held, full, complete, role = self._fram_says(survivors[0])
             if role == RECORD_HOLDER and complete:
                 # What a takeover by the survivor would trust, on its own.
@@ -813,11 +846,14 @@ class PairTorture:
         if serving is None or serving.app is None:
             return
         mirror = serving.app.mirror
-        drained = asyncio.ensure_future(mirror.drained())
+        waits = [asyncio.ensure_future(n.app.mirror.drained()) for n in self._servers()
+                 if n.app is not None]
         try:
-            ok = await self._steps(_HEALTHY_STEPS, lambda: drained.done() and self._healthy())
+            ok = await self._steps(_HEALTHY_STEPS, lambda: all(w.done() for w in waits)
+                                   and self._healthy())
         finally:
-            drained.cancel()
+            for wait in waits:
+                wait.cancel()
         if not ok:
             self.report.hangs += 1
             self._fail(cycle, f"the mirror did not drain: {mirror.status()}; "
@@ -841,7 +877,7 @@ class PairTorture:
             if serving is None:
                 await self._step()  # a failover or a lease renewal on its way
                 continue
-            started = self._round(serving)
+            started = self._round(self._servers() if self.active_active else [serving])
             def over(started: list[asyncio.Task[None]] = started) -> bool:
                 return self._cut_fired() or all(t.done() for t in started)
 
@@ -866,10 +902,13 @@ class PairTorture:
             if node.app.record.tidy(self.now):
                 node.app.volume.room_made()
 
-    def _round(self, node: _Node) -> list[asyncio.Task[None]]:
+    def _round(self, nodes: list[_Node]) -> list[asyncio.Task[None]]:
+        """One to four requests on disjoint blocks, issued together (active-active: each
+        through either node)."""
         rng = self.rng
         busy: set[int] = set()
         started: list[asyncio.Task[None]] = []
+        node = nodes[0]
 
         def start(coro: Any) -> None:
             task = asyncio.get_running_loop().create_task(coro)
@@ -878,6 +917,7 @@ class PairTorture:
             started.append(task)
 
         for _ in range(1 + min(3, int(rng.expovariate(1.0)))):
+            node = rng.choice(nodes) if len(nodes) > 1 else nodes[0]
             kind = rng.choices(("write", "fua", "flush", "trim", "read"),
                                (58, 8, 10, 6, 14))[0]
             if kind == "flush":
@@ -1013,15 +1053,18 @@ def run_pair_torture(config: PairTortureConfig) -> PairReport:
 def format_pair_report(report: PairReport, config: PairTortureConfig) -> str:
     victims = " · ".join(f"{k} {v}" for k, v in sorted(report.cuts_by_victim.items(),
                                                         key=lambda kv: -kv[1]))
+    mode = "" if config.mode == "primary-backup" else f" --pair-mode {config.mode}"
     lines = [
-        f"tandem torture --pair: {report.cuts} power cuts · seed {report.seed} · "
+        f"tandem torture --pair{mode}: {report.cuts} power cuts · seed {report.seed} · "
         f"{config.volume_size // MiB} MiB volume · {config.region_size >> 10} KiB regions · "
         f"{report.seconds:.1f} s",
         f"  cuts by victim/phase:              {victims}",
         "  power-ons by setup:                "
         + " · ".join(f"{k} {v}" for k, v in sorted(report.cycles_by_setup.items())),
         f"  boots: {report.boots} · failovers: {report.failovers} · highest epoch: "
-        f"{report.highest_epoch}",
+        f"{report.highest_epoch}"
+        + (f" · regions handed over: {report.handovers}" if config.mode != "primary-backup"
+           else ""),
         f"  host writes issued / acknowledged / refused: {report.host_writes} / "
         f"{report.acked_writes} / {report.writes_refused}",
         f"  acknowledged durable writes checked: {report.acked_checked}",
@@ -1061,7 +1104,8 @@ def main_pair(args: argparse.Namespace, seed: int) -> int:
     config = PairTortureConfig(
         cuts=args.cuts, seed=seed, volume_size=args.size, region_size=args.region_size,
         record_regions=args.record_regions, victims=victims, phases=phases, points=points,
-        workdir=args.workdir, keep=bool(args.workdir), stop_on_failure=not args.keep_going)
+        workdir=args.workdir, keep=bool(args.workdir), stop_on_failure=not args.keep_going,
+        mode=args.pair_mode)
     if not args.json and sys.stderr.isatty():
         def progress(done: int, report: Report) -> None:
             if done % 100 == 0 or done == config.cuts:

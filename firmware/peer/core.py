@@ -569,9 +569,8 @@ class PairCore:
     def mirror_snapshot(self, region: int) -> int | None:
         """The gen to pass to ``Mirrored`` once ``region`` is copied, or None if it may
         not be copied now (frozen, a write to it in flight or waiting, nothing to copy)."""
-        if (self._frozen or self._busy(region) or not self._is_dirty(region)
-                or self._peer_wants(region)):
-            return None  # (a region the peer asked for is not copied by us any more)
+        if self._frozen or self._busy(region) or not self._is_dirty(region):
+            return None
         return self._gen.get(region, 0)
 
     def status(self) -> PairStatus:
@@ -773,8 +772,13 @@ class PairCore:
 
     def _busy(self, region: int) -> bool:
         """A write to it is in flight or waiting: it must not leave the record (a waiting
-        write would otherwise chase its regions out of LC as fast as they come in)."""
-        return bool(self._pending.get(region) or self._waited_on.get(region))
+        write would otherwise chase its regions out of LC as fast as they come in). Not
+        so a region the peer asked for (active-active): our waiting writes wait for it
+        to come back, and it must be copied to leave."""
+        if self._pending.get(region):
+            return True
+        return bool(self._waited_on.get(region)) and not (
+            self._releases and self._peer_wants(region))
 
     def _lc_covers(self, regions: Iterable[int]) -> bool:
         """Every region is durable in the holder's FRAM (a MARK_ACK) and in INTENT."""
@@ -1033,6 +1037,10 @@ class PairCore:
             self._leave_sole()
             return
         if r in self._marking or r in self._acked:
+            # A MARK of ours for it is out (its gen is the one snapshot): no clear now,
+            # it would take the new entry. The copy still settles what a restart named
+            # (the entries stay: a superset), so the region may go to the peer.
+            self._resync.discard(r)
             return
         self._lc.pop(r, None)  # removed locally before the holder is asked to
         self._resync.discard(r)
@@ -1506,6 +1514,16 @@ class PairCore:
                 return True
         return False
 
+    def _clean_for_release(self, region: int) -> bool:
+        """A region leaves only once the second medium has what we wrote to it: the peer
+        will mirror only its own writes, so a dirty region handed over as it is would
+        keep our unmirrored data off M for ever (found by the pair torture)."""
+        return not self._is_dirty(region)
+
+    def wanted_regions(self) -> set[int]:
+        """Active-active: regions the peer asked for that wait for our mirror."""
+        return {r for rel in self._releases.values() if not rel.ready for r in rel.regions}
+
     def _wins_ties(self) -> bool:
         return self.config.node < self.config.peer
 
@@ -1530,6 +1548,8 @@ class PairCore:
             if any(self._now < self._won_at.get(r, float("-inf")) + self.config.dwell_s
                    for r in rel.regions):
                 continue  # just won: keep it a moment (no ping-pong)
+            if not all(self._clean_for_release(r) for r in rel.regions):
+                continue  # our mirror copies it first (Mirrored takes it out of LC)
             rel.ready = True
             self.handover_waits.append(self._now - rel.asked_at)
             del self.handover_waits[:-1000]
@@ -1537,6 +1557,7 @@ class PairCore:
 
     def _on_handed(self, event: Handed) -> None:
         rel = self._releases.pop(event.token, None)
+        self.handovers += len(event.regions)
         for r in event.regions:
             self._won_at.pop(r, None)
             owned = r in self._lc or r in self._acked or r in self._resync
@@ -1544,7 +1565,6 @@ class PairCore:
                 g = self._lc.pop(r, None)
                 g2 = self._acked.pop(r, None)
                 self._resync.discard(r)
-                self.handovers += 1
                 # Out of our record: it is in the peer's now (compare-and-clear as ever).
                 self._queue_clear(r, max(self._gen.get(r, 0), g or 0, g2 or 0))
             batch = self._marking.get(r)

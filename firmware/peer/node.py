@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from firmware.mirror.state import MirrorState
 from firmware.parsing import parse_host_port
 from firmware.peer.channels import HOLDER, OWN, LinkMux, record_key
 from firmware.peer.config import LinkConfig, PairConfig, serial_link, tcp_link
@@ -33,6 +34,7 @@ from firmware.peer.events import (
     FlushClears,
     FullResyncDone,
     Handed,
+    Mirrored,
     ReleaseAsk,
     ReleaseDone,
     ReleaseReady,
@@ -388,10 +390,49 @@ class PairNode:
         if core.role == PRIMARY and not core.persisted_state.sole:
             self.runtime.submit(TakeoverCommand(force=True, fenced=True))
 
+    def _drop_strays(self) -> None:
+        """Active-active: a region the record names that neither core of this node is to
+        copy is not this node's (a write of ours to it waited while it was handed over,
+        then gave up or was refused): the mirror would wait for it for ever."""
+        record, holder = self.record, self.holder
+        if record is None or holder is None:
+            return
+        own, held = self.core, holder.core
+        stray = [r for r in record.dirty_regions()
+                 if not own.is_dirty(r) and not held.is_dirty(r)]
+        if stray:
+            record.disown(stray)
+
+    def _clean_wanted(self) -> None:
+        """Regions the peer asked for leave our record as soon as the mirror has them,
+        not at the next tidy: the hand-over waits for that."""
+        record, writer = self.record, self._writer(besides=self.holder) \
+            if self.holder is not None else None
+        if record is None or writer is None:
+            return
+        wanted = writer.core.wanted_regions()
+        if not wanted:
+            return
+        record.evict(wanted)
+        self.store.offer_clears(wanted)
+        mirror = self.mirror
+        if mirror is None or mirror.state is not MirrorState.ORDERED:
+            return
+        # In ordered mode the second medium holds every write issued so far but those
+        # queued or on their way: a region none of them touches is on M as far as our
+        # writes go (a write of ours still waiting keeps the record from saying so).
+        for region in sorted(wanted):
+            if not mirror.touches((region,)):
+                gen = writer.core.mirror_snapshot(region)
+                if gen is not None:
+                    writer.submit(Mirrored(region, gen))
+
     def _on_tick(self) -> None:
         if self.holder is not None:
             self.holder.tick()
+            self._clean_wanted()
             self._hand_over_quiet()
+            self._drop_strays()
         if self.watchdog is not None:
             self.watchdog.pet()  # the loop runs: the lease means something
         self.store.offer_clears()

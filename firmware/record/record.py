@@ -300,6 +300,21 @@ class Record:
             self.policy.on_admitted(new)
         return len(new)
 
+    def evict(self, regions: Iterable[int]) -> int:
+        """Evict these regions now if they may leave (one transaction); how many left."""
+        gone = self._checked_victims(regions, ())
+        if not gone:
+            return 0
+        written = self.store.commit((), gone)
+        for region in gone:
+            del self._members[region]
+        c = self.counters
+        c.nvram_updates += 1
+        c.nvram_bytes_written += written
+        c.evictions += len(gone)
+        self.policy.on_evicted(gone)
+        return len(gone)
+
     def disown(self, regions: Iterable[int]) -> int:
         """Regions another appliance owns now (active-active): they leave without being
         mirrored here, as their dirty state is in the other's record. A region with a

@@ -14,7 +14,8 @@ The simulation plays both nodes' runtimes and the coordinator between a node's t
   and durable in the peer's HELD.
 
 ``mirror_ownership=False`` is the broken build issue 16 asks the suite to catch: a node
-lets a region go while its mirror is still copying it.
+lets a region go without its mirror having it — neither waiting for a copy in flight nor
+for the region to be on M first.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def _config(node: str, owner: str, **overrides: object) -> PairConfig:
                       **settings)  # type: ignore[arg-type]
 
 
+class _CarelessCore(PairCore):
+    """The mutant: a region is handed over dirty, its unmirrored data left behind."""
+
+    def _clean_for_release(self, region: int) -> bool:
+        return True
+
+
 @dataclass
 class Core:
     kind: str  # OWN or HOLDER
@@ -103,7 +111,8 @@ class AASim:
                 PairFram(nvram).format(PairState(name, peer, role), CAPACITY)
                 fram = PairFram(nvram)
                 loaded = fram.open_boot()
-                core = PairCore(_config(name, owner, **config), loaded, now=self.now)
+                factory = PairCore if mirror_ownership else _CarelessCore
+                core = factory(_config(name, owner, **config), loaded, now=self.now)
                 cores[kind] = Core(kind, core, nvram, fram)
             self.nodes[name] = Node(name, cores)
         # (sending node, sending core kind, link) -> frames on their way

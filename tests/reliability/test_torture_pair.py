@@ -84,3 +84,14 @@ def test_each_pair_phase_alone(phase: str) -> None:
     report = run_pair_torture(PairTortureConfig(cuts=15, seed=8, phases=(phase,)))
     assert report.ok, report.failures
     assert report.cuts_by_phase.get(phase, 0) >= 5
+
+
+def test_ci_active_active_torture_1000_cuts() -> None:
+    # Issue 16: both nodes serve (requests go through either), regions move between
+    # them, and the power of both goes at random points of the write path.
+    report = run_pair_torture(PairTortureConfig(cuts=1000, seed=2027, mode="active-active",
+                                                victims=("both",)))
+    assert report.ok, report.failures
+    assert report.cuts == 1000 and report.handovers > 1000
+    assert report.acked_checked > 10000 and report.compares > 100
+
