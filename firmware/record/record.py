@@ -374,18 +374,7 @@ class Record:
 
     def evict_clean(self, limit: int | None = None) -> int:
         """Evict every evictable region now (one transaction), e.g. after a resync."""
-        gone = [r for r in self._members if self.evictable(r)][:limit]
-        if not gone:
-            return 0
-        written = self.store.commit((), gone)
-        for region in gone:
-            del self._members[region]
-        c = self.counters
-        c.nvram_updates += 1
-        c.nvram_bytes_written += written
-        c.evictions += len(gone)
-        self.policy.on_evicted(gone)
-        return len(gone)
+        return self.evict([r for r in self._members if self.evictable(r)][:limit])
 
     async def flush(self) -> None:
         """Every change committed so far is durable (a host FLUSH waits for this)."""

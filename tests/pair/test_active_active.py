@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import random
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from tests.e2e.conftest import need
 from tests.linearizability import History, check
 from tests.pair.rig import PairRig
+from tests.pair.test_pair_failover import qemu_io
 
 pytestmark = pytest.mark.slow
 
@@ -55,15 +55,6 @@ def start_active_active(rig: PairRig) -> None:
     for node in (rig.a, rig.b):
         node.wait_peer(lambda s: s["state"] == "connected"
                        and s["holder"]["state"] == "connected", 30, "both directions up")
-
-
-def qemu_io(uri: str, *commands: str) -> str:
-    args = ["qemu-io", "-f", "raw"]
-    for command in commands:
-        args += ["-c", command]
-    out = subprocess.run([*args, uri], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "error" not in out.stdout.lower(), out.stdout + out.stderr
-    return out.stdout
 
 
 def test_both_serve_and_a_region_moves_to_its_writer(rig: PairRig) -> None:
