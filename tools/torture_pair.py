@@ -52,7 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -964,10 +964,22 @@ class PairTorture:
         self.token += 1
         token = self.token
         data = b"".join(block_image(token, b) for b in blocks)
+        await self._changed(node, blocks, token, fua,
+                            lambda: volume.write(blocks[0] * BLOCK, data, fua=fua))
+
+    async def _trim(self, node: _Node, blocks: range) -> None:
+        assert node.app is not None
+        volume = node.app.volume
+        await self._changed(node, blocks, 0, False,
+                            lambda: volume.trim(blocks[0] * BLOCK, len(blocks) * BLOCK))
+
+    async def _changed(self, node: _Node, blocks: range, token: int, fua: bool,
+                       request: Callable[[], Awaitable[None]]) -> None:
+        """A host request that changes ``blocks`` to ``token``'s image, in the model."""
         self.model.issue(blocks, token)
         self.report.host_writes += 1
         try:
-            await volume.write(blocks[0] * BLOCK, data, fua=fua)
+            await request()
         except (TargetError, OSError) as exc:
             self.model.failed(blocks)
             self._refused(node, exc)
@@ -977,23 +989,6 @@ class PairTorture:
             raise
         self.report.acked_writes += 1
         self.model.acked(blocks, durable=fua or not self.d.cache)
-
-    async def _trim(self, node: _Node, blocks: range) -> None:
-        assert node.app is not None
-        volume = node.app.volume
-        self.model.issue(blocks, 0)
-        self.report.host_writes += 1
-        try:
-            await volume.trim(blocks[0] * BLOCK, len(blocks) * BLOCK)
-        except (TargetError, OSError) as exc:
-            self.model.failed(blocks)
-            self._refused(node, exc)
-            return
-        except asyncio.CancelledError:
-            self.model.failed(blocks)
-            raise
-        self.report.acked_writes += 1
-        self.model.acked(blocks, durable=not self.d.cache)
 
     async def _flush(self, node: _Node) -> None:
         assert node.app is not None

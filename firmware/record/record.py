@@ -303,17 +303,20 @@ class Record:
     def evict(self, regions: Iterable[int]) -> int:
         """Evict these regions now if they may leave (one transaction); how many left."""
         gone = self._checked_victims(regions, ())
-        if not gone:
-            return 0
+        if gone:
+            self._shed(gone)
+            self.counters.evictions += len(gone)
+        return len(gone)
+
+    def _shed(self, gone: list[int]) -> None:
+        """One NVRAM transaction that removes ``gone`` (may leave, checked), then RAM."""
         written = self.store.commit((), gone)
         for region in gone:
             del self._members[region]
         c = self.counters
         c.nvram_updates += 1
         c.nvram_bytes_written += written
-        c.evictions += len(gone)
         self.policy.on_evicted(gone)
-        return len(gone)
 
     def disown(self, regions: Iterable[int]) -> int:
         """Regions another appliance owns now (active-active): they leave without being
@@ -354,17 +357,11 @@ class Record:
             self.policy.on_evicted(())
             return 0
         try:
-            written = self.store.commit((), quiet)
+            self._shed(quiet)
         except BaseException:
             self.policy.on_evicted(())
             raise
-        for region in quiet:
-            del self._members[region]
-        c = self.counters
-        c.nvram_updates += 1
-        c.nvram_bytes_written += written
-        c.idle_evictions += len(quiet)
-        self.policy.on_evicted(quiet)
+        self.counters.idle_evictions += len(quiet)
         return len(quiet)
 
     def _checked_victims(self, chosen: Iterable[int], protect: Collection[int]) -> list[int]:
