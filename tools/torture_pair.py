@@ -724,10 +724,12 @@ class PairTorture:
         return servers[0] if len(servers) == 1 else None
 
     def _healthy(self) -> bool:
-        """Both up, one serving (active-active: one or both), every core connected,
-        nothing being handed over."""
+        """Both up, one serving (active-active: both, after failback), every core
+        connected, nothing being handed over."""
         if not all(n.up for n in self.nodes.values()) or self._serving() is None:
             return False
+        if self.active_active and len(self._servers()) < len(self.nodes):
+            return False  # a returning node serves again once it took its record back
         for node in self.nodes.values():
             pair = node.app.pair if node.app is not None else None
             assert pair is not None
@@ -777,6 +779,13 @@ class PairTorture:
             parts.append(f"{node.name}: {core.role} {status.state} epoch {core.epoch} "
                          f"serving {core.serving} frozen {core.frozen} "
                          f"tasks {len(node.tasks)}")
+            holder = node.app.pair.holder
+            if holder is not None:  # active-active: the core holding the peer's record
+                h = holder.core.status()
+                parts[-1] += (f" (peer's record: {h.role} {h.state} epoch {h.epoch}, "
+                              f"{h.held_regions} held, {h.local_copy_regions} owned, "
+                              f"{h.resync_regions} to copy, {h.clears_queued} clears, "
+                              f"full resync {h.full_resync})")
         return "; ".join(parts)
 
     # -- the oracle -----------------------------------------------------------------

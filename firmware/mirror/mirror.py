@@ -216,6 +216,11 @@ class Mirror:
         self._leave_ordered(Event.UNQUEUED, "a write could not be queued")
         self._wake.set()
 
+    def look_again(self) -> None:
+        """``may_copy`` may say yes now where it said no (a pair's core thawed): a pass
+        that left every region to another appliance looks again at once."""
+        self._wake.set()
+
     # -- operator controls ----------------------------------------------------------
 
     @property

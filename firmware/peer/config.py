@@ -64,6 +64,10 @@ class PairConfig:
     # Active-active (issue 16): both nodes serve; a MARK asks for ownership (events.py).
     coherent: bool = False
     dwell_s: float = 0.05  # a region won is kept this long before the peer may take it
+    # Active-active: this core holds the peer's record. Primary of it after a takeover,
+    # it gives the role back to the peer (failback) once the peer is back and holds it
+    # and the record is empty: every region the peer wrote is on the second medium.
+    hands_back: bool = False
 
     def __post_init__(self) -> None:
         if not self.key:

@@ -132,6 +132,9 @@ class Relation(Enum):
     PEER_STALE = "peer-stale"  # the peer is behind: take what it hands over
     SPLIT_BRAIN = "split-brain"  # both took over
     CONFLICT = "role-conflict"  # same epoch, same role: a configuration error
+    # Failback (active-active): the primary of the peer's record gave the role back.
+    HANDING_BACK = "handing-back"  # this node did: it waits for the owner to take it
+    TAKING_BACK = "taking-back"  # the peer did: this node, the owner, is primary again
 
 
 # --- internal bookkeeping -------------------------------------------------------------------
@@ -234,6 +237,7 @@ class _PeerView:
     sole: bool
     capacity: int
     yielding: bool
+    handing_back: bool = False
 
 
 @dataclass
@@ -403,6 +407,10 @@ class PairCore:
         self._fence_failed = False
         self._takeover_asked = False
         self._taking_over: str | None = None
+        # Failback: the peer's HELD count (heartbeat acks); taking the role back.
+        self._peer_held: int | None = None
+        self._taking_back = False
+        self._owed_marks: set[int] = set()
 
         # Stale node, handing over; survivor, taking over.
         self._stale = False
@@ -547,6 +555,11 @@ class PairCore:
         """``region in dirty_regions()``, without building the set."""
         return self._is_dirty(region)
 
+    def will_be_dirty(self, region: int) -> bool:
+        """Dirty now, or once a MARK for it that is on its way is acknowledged: a copy
+        made meanwhile cannot clear it yet, the clear has to wait for the ack."""
+        return self._is_dirty(region) or (self.role == PRIMARY and region in self._marking)
+
     @property
     def io_deadline(self) -> float | None:
         """Until when media writes (D, and the mirror's to M) may be issued: None for no
@@ -606,7 +619,8 @@ class PairCore:
 
     def _io_allowed(self) -> bool:
         if (self.role != PRIMARY or self._stale or self._split or self._behind
-                or self._yielding or self._taking_over is not None):
+                or self._yielding or self._taking_over is not None
+                or self._want_state.handing_back):
             return False
         if self._sole_mode:
             return True
@@ -768,6 +782,8 @@ class PairCore:
             return "split brain"
         if self._stale or self._yielding:
             return "stale epoch: reconciling with the peer"
+        if self._want_state.handing_back:
+            return "handing the primary role back to the peer"
         return ""
 
     def _busy(self, region: int) -> bool:
@@ -1127,7 +1143,7 @@ class PairCore:
                     capacity=self._capacity, held=len(self._tables[HELD].durable),
                     intent=len(self._tables[INTENT].durable),
                     versions=(PROTOCOL_VERSION, PROTOCOL_VERSION), features=FEATURES,
-                    yielding=self._yielding)
+                    yielding=self._yielding, handing_back=s.handing_back)
         if answers is None:
             # Sent again (Tick) until a HELLO_ACK answers it: the peer must learn every
             # change of epoch, role or yielding. The same HELLO twice in quick succession
@@ -1295,7 +1311,7 @@ class PairCore:
             self._nak(link, h, "version", f"this node speaks {PROTOCOL_VERSION}")
             return
         self._peer = _PeerView(h.boot, h.ep, msg.epoch_creator, msg.parent, msg.role,
-                               msg.sole, msg.capacity, msg.yielding)
+                               msg.sole, msg.capacity, msg.yielding, msg.handing_back)
         if isinstance(msg, HelloAck) and msg.answers in self._hello_sqs:
             self._hello_due = False
         if isinstance(msg, Hello):
@@ -1312,6 +1328,20 @@ class PairCore:
             return Relation.STALE if peer.role == PRIMARY else Relation.CONFLICT
         if peer.yielding:
             return Relation.PEER_STALE if self.role == PRIMARY else Relation.CONFLICT
+        parent = self._durable_state.parent
+        if self.role == RECORD_HOLDER and peer.role == RECORD_HOLDER:
+            if self._durable_state.handing_back and theirs == parent:
+                return Relation.HANDING_BACK
+            if peer.handing_back and peer.parent == mine:
+                return Relation.TAKING_BACK
+        # The owner took over (the lease ran out) while this node handed the role back:
+        # both left the same epoch, and the owner is the primary either way.
+        if (self.role == RECORD_HOLDER and self._durable_state.handing_back
+                and peer.role == PRIMARY and peer.parent == parent and theirs != mine):
+            return Relation.STALE
+        if (self.role == PRIMARY and peer.role == RECORD_HOLDER and peer.handing_back
+                and peer.parent == parent and theirs != mine):
+            return Relation.PEER_STALE
         if mine == theirs:
             if {self.role, peer.role} == {PRIMARY, RECORD_HOLDER}:
                 return Relation.NORMAL
@@ -1341,8 +1371,18 @@ class PairCore:
             self._stale = False
             self._handover_out = None
         if relation is Relation.NORMAL:
+            if self._want_state.handing_back:
+                # The owner took its role back at our epoch: the failback is done.
+                self._want_state = replace(self._want_state, handing_back=False)
+                self._report("failback", f"{self.config.peer} is primary of its record "
+                             f"again (epoch {self.epoch})")
             if self.role == PRIMARY:
                 self._enter_pair_mode()
+        elif relation is Relation.TAKING_BACK:
+            self._take_back()
+        elif relation is Relation.HANDING_BACK:
+            self._report_once("handing-back", f"waiting for {self.config.peer} to take "
+                              f"its record back (epoch {self.epoch})")
         elif relation is Relation.STALE:
             if not self._stale:
                 self._stale = True
@@ -1392,9 +1432,11 @@ class PairCore:
     def _enter_pair_mode(self) -> None:
         if not self._pair_mode:
             self._pair_mode = True
-            if self._durable_state.sole:
+            if self._durable_state.sole or self._owed_marks:
                 # Coming out of sole ownership: the new holder must hold everything this
-                # node may have written alone before it may take over from us.
+                # node may have written alone before it may take over from us. (A node
+                # that took its record back holds what its FRAM named the same way.)
+                self._owed_marks.clear()
                 for r in sorted(self._own_dirty() | self._resync):
                     self._mark_for_handover(r)
         if self._reconcile is None and not self._reconciled:
@@ -1726,7 +1768,8 @@ class PairCore:
             table.drop_all()
         adopted = replace(self._durable_state, role=RECORD_HOLDER, epoch=peer.epoch,
                           epoch_creator=peer.creator, parent=peer.parent, sole=False,
-                          held_complete=False, full_resync=False, yielding=False)
+                          held_complete=False, full_resync=False, yielding=False,
+                          handing_back=False)
         self._want_state = adopted
         self._when_durable(self._adopted)
 
@@ -1764,6 +1807,7 @@ class PairCore:
         self._reconciled = False
         self._reconcile = None
         self._lease_until = float("-inf")
+        self._peer_held = None
 
     # -- heartbeats and the lease (primary) --------------------------------------------------
 
@@ -1776,6 +1820,7 @@ class PairCore:
             return
         link.last_answer = self._now
         link.rtt = self._now - sent_at
+        self._peer_held = msg.held
         if msg.lease_grant_ms and self.role == PRIMARY and self._pair_mode:
             until = sent_at + msg.lease_grant_ms / 1000 - self.config.lease_early_s
             self._lease_until = max(self._lease_until, until)
@@ -1784,7 +1829,7 @@ class PairCore:
         lease_ms = (int(self.config.lease_s * 1000)
                     if self.role == PRIMARY and self._pair_mode and not self._stale else 0)
         covered = (self.role == PRIMARY and self._pair_mode and self._reconciled
-                   and not self._durable_state.sole)
+                   and not self._durable_state.sole and not self._handover_marks)
         for name, link in self._links.items():
             if not link.connected or self._now - link.last_hb < link.config.heartbeat_s:
                 continue
@@ -1814,6 +1859,7 @@ class PairCore:
             self._reconcile = self._request_reconcile()
         if self._peer_lost:
             self._consider_takeover()
+        self._consider_hand_back()
 
     def _retransmit(self, *, force: bool) -> None:
         now = self._now
@@ -1909,7 +1955,7 @@ class PairCore:
             self._refuse_waiting("taking over")
         self._want_state = replace(self._want_state, role=PRIMARY, epoch=s.epoch + 1,
                                    epoch_creator=self.config.node, parent=_epoch_id(s),
-                                   sole=True, held_complete=False,
+                                   sole=True, held_complete=False, handing_back=False,
                                    full_resync=full or self._want_state.full_resync)
         self._when_durable(self._took_over)
 
@@ -1946,6 +1992,84 @@ class PairCore:
             self._want_state = replace(self._want_state, yielding=True)
             self._refuse_waiting("yielding to the peer")
             self._when_durable(self._hello)
+
+    # -- failback (active-active) ------------------------------------------------------------
+
+    def _empty_as_primary(self) -> bool:
+        """Nothing this primary may have written differs, nor is on its way anywhere."""
+        return not (self._lc or self._acked or self._marking or self._mark_queue
+                    or self._marks_out or self._resync or self._clearing
+                    or self._clear_queue or self._clears_out or self._handover_marks
+                    or any(self._pending.values()) or self._writes
+                    or self._tables[INTENT].named() or self._tables[HELD].named())
+
+    def _consider_hand_back(self) -> None:
+        """The core holding the peer's record took over from it; the peer is back and
+        holds the record again, and every region of it is copied: the role goes back.
+
+        This node stops being primary first (durably, at a new epoch whose parent is
+        the current one, ``handing_back``); the owner, seeing that in the HELLO, becomes
+        primary at that epoch. In between neither writes the record's regions — it is
+        empty, so neither needs to. A crash on either side in between leaves the marks
+        to finish it: the HELLO says it again; if the owner dies instead, this node, the
+        record-holder now, takes over as from any primary."""
+        s = self._want_state
+        if not (self.config.hands_back and self.role == PRIMARY and s.role == PRIMARY
+                and self._relation is Relation.NORMAL and self._pair_mode
+                and self._reconciled and not s.sole and not s.full_resync
+                and not s.handing_back and self._peer_held == 0
+                and self._empty_as_primary() and self._fram_clean()):
+            return
+        d = self._durable_state
+        # Not complete: the owner may write alone (below) until it has marked here
+        # what its FRAM names; its ``covered`` says when it has.
+        self._want_state = replace(d, role=RECORD_HOLDER, epoch=d.epoch + 1,
+                                   epoch_creator=self.config.node, parent=_epoch_id(d),
+                                   sole=False, held_complete=False, handing_back=True)
+        self._report("failback", f"record copied: handing the primary role back to "
+                     f"{self.config.peer} (epoch {d.epoch + 1})")
+        self._when_durable(self._handed_back)
+
+    def _handed_back(self) -> None:
+        self._drop_primary_state()
+        self._cleared_upto.clear()  # our own gens, as the writer we no longer are
+        self._promised_until = self._now + self.config.lease_s
+        self._relation = None
+        self._out.append(RoleChanged(RECORD_HOLDER, self.epoch, serving=False))
+        self._hello()
+
+    def _take_back(self) -> None:
+        """The peer gave back the primary role of this node's record: adopt its epoch as
+        primary. What this node's FRAM still names (it held the peer's writes) is copied
+        and, as after a takeover, marked at the peer before this node is covered: until
+        then it is the sole authority for those regions (``sole``), as a survivor is."""
+        peer = self._peer
+        if self._taking_back or peer is None:
+            return
+        self._taking_back = True
+        named = bool(self._tables[HELD].named() or self._tables[INTENT].named())
+        self._want_state = replace(self._want_state, role=PRIMARY, epoch=peer.epoch,
+                                   epoch_creator=peer.creator, parent=peer.parent,
+                                   sole=named, held_complete=False, yielding=False,
+                                   handing_back=False)
+        self._when_durable(self._took_back)
+
+    def _took_back(self) -> None:
+        self._taking_back = False
+        self._cleared_upto.clear()  # gens of another writer
+        self._release_wait.clear()
+        self._granted.clear()
+        self._relation = None
+        own = self._own_dirty()
+        for r in own:
+            self._gen[r] = self._fresh_gen()
+        self._resync = set(own)
+        self._owed_marks = set(own)
+        self._report("failback", f"primary of this node's record again (epoch {self.epoch})")
+        self._out.append(RoleChanged(PRIMARY, self.epoch, serving=False))
+        if own:
+            self._out.append(Resync(frozenset(own)))
+        self._hello()
 
     def _on_full_resync_done(self) -> None:
         if self._want_state.full_resync and self.role == PRIMARY:

@@ -164,6 +164,7 @@ class Hello(Message):
     versions: tuple[int, int] = wire("pv", _VERSIONS)
     features: tuple[str, ...] = wire("feat", list_of(text(32), 16))
     yielding: bool = wire("yld", flag)  # an operator's rejoin: I give up my epoch
+    handing_back: bool = wire("hbk", flag)  # failback: take back the primary role
 
 
 @_message(2, "HELLO_ACK")
@@ -179,6 +180,7 @@ class HelloAck(Message):
     versions: tuple[int, int] = wire("pv", _VERSIONS)
     features: tuple[str, ...] = wire("feat", list_of(text(32), 16))
     yielding: bool = wire("yld", flag)
+    handing_back: bool = wire("hbk", flag)
 
 
 @_message(3, "HB")

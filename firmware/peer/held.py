@@ -68,7 +68,7 @@ _ENTRY_SEAL_AT = ENTRY_SIZE - 1
 assert _ENTRY.size + _CRC.size == _ENTRY_SEAL_AT
 
 _ROLES = (PRIMARY, RECORD_HOLDER)
-_SOLE, _HELD_COMPLETE, _FULL_RESYNC, _YIELDING = 1, 2, 4, 8
+_SOLE, _HELD_COMPLETE, _FULL_RESYNC, _YIELDING, _HANDING_BACK = 1, 2, 4, 8, 16
 
 
 class PairLayoutError(ValueError):
@@ -92,7 +92,9 @@ class PairState:
     HELD (a takeover from HELD alone is then safe); ``full_resync``: the record is not
     to be trusted, the whole volume must be copied before it is clean; ``yielding``: an
     operator's ``peer rejoin`` (this node gives up its epoch to the peer's, and serves
-    nothing until it has handed over), kept across a restart."""
+    nothing until it has handed over), kept across a restart; ``handing_back``: this
+    node, primary of the peer's record since a takeover, gave that role back to the
+    record's owner (active-active failback) and waits for the owner to take it."""
 
     node: str
     peer: str
@@ -105,6 +107,7 @@ class PairState:
     held_complete: bool = False
     full_resync: bool = False
     yielding: bool = False
+    handing_back: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in _ROLES:
@@ -180,7 +183,8 @@ def _name_of(raw: bytes) -> str:
 
 def encode_superblock(state: PairState, capacity: int, seq: int) -> bytes:
     flags = ((_SOLE if state.sole else 0) | (_HELD_COMPLETE if state.held_complete else 0)
-             | (_FULL_RESYNC if state.full_resync else 0) | (_YIELDING if state.yielding else 0))
+             | (_FULL_RESYNC if state.full_resync else 0) | (_YIELDING if state.yielding else 0)
+             | (_HANDING_BACK if state.handing_back else 0))
     body = _SUPER.pack(MAGIC, LAYOUT_VERSION, flags, seq, state.epoch,
                        _name_bytes(state.epoch_creator), state.parent[0],
                        _name_bytes(state.parent[1]), state.boot, _ROLES.index(state.role),
@@ -210,7 +214,8 @@ def decode_superblock(raw: bytes) -> tuple[PairState, int, int] | None:
                           parent=(parent_epoch, _name_of(parent_creator)), boot=boot,
                           sole=bool(flags & _SOLE), held_complete=bool(flags & _HELD_COMPLETE),
                           full_resync=bool(flags & _FULL_RESYNC),
-                          yielding=bool(flags & _YIELDING))
+                          yielding=bool(flags & _YIELDING),
+                          handing_back=bool(flags & _HANDING_BACK))
     except ValueError:
         return None
     return state, capacity, seq

@@ -200,7 +200,7 @@ class PairNode:
             self.config = pair_config(settings, peer, key=record_key(key, settings.node),
                                       coherent=True)
             holder_config = pair_config(settings, peer, key=record_key(key, peer),
-                                        coherent=True)
+                                        coherent=True, hands_back=True)
             # A blank record is not read as "anything may differ" here: the peer's writes
             # are in the peer's record, and the node that came up first made the media
             # the other one finds. Media with an unknown past must be in sync before an
@@ -269,7 +269,8 @@ class PairNode:
             holder.hooks = PairHooks(on_coherence=lambda action: self._coherence(holder,
                                                                                  action),
                                      on_takeover=self._holder_took_over,
-                                     on_resync=self._on_resync)
+                                     on_resync=self._on_resync,
+                                     on_freeze=self._on_holder_freeze)
             if self.listener is not None:
                 await self.listener.start()
             await self.holder.start()
@@ -333,6 +334,14 @@ class PairNode:
         elif not frozen and self._mirror_paused_by_us:
             self._mirror_paused_by_us = False
             mirror.resume()
+        elif not frozen:
+            mirror.look_again()
+
+    def _on_holder_freeze(self, frozen: bool, reason: str) -> None:
+        # Active-active: the core holding the peer's record, primary of it after a
+        # takeover, may copy its regions again (the mirror asks ``may_copy``).
+        if not frozen and self.mirror is not None:
+            self.mirror.look_again()
 
     # -- active-active: the two cores of this node (events.py, ReleaseAsk...) ---------
 

@@ -140,7 +140,9 @@ class PeerRecordStore:
                 gen = core.mirror_snapshot(region)
                 if gen is not None:
                     runtime.submit(Mirrored(region, gen))
-                dirty = dirty or core.is_dirty(region)
+                # A MARK still out keeps the region here until its ack: then the copy
+                # made meanwhile can clear it (else it stays named, copied, for ever).
+                dirty = dirty or core.will_be_dirty(region)
             if not dirty:
                 self._uncleared.discard(region)
 

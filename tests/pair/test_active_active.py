@@ -185,14 +185,29 @@ def test_kill_either_node_under_two_sided_load_the_survivor_serves(rig: PairRig)
     assert result.ok, result.summary()
     rig.b.wait_mirrored(60)
     assert rig.media_identical(), "after B's resync M must equal D"
-    # A comes back at a lower epoch: it hands over, holds B's records, serves nothing.
+    # A comes back at a lower epoch: it hands over and holds B's records, writing nothing
+    # to D; B's copy of A's record is empty (resynced), so B gives that record back
+    # (failback) and both nodes serve again.
     d_before = rig.d.read_bytes()
     rig.a.start()
-    a = rig.a.wait_peer(lambda s: s["role"] == "record-holder"
-                        and s["holder"]["state"] == "connected", 30, "A rejoined")
-    assert rig.a.status()["peer_role"] == "record-holder"
+    a = rig.a.wait_peer(lambda s: s["role"] == "primary" and s["state"] == "connected"
+                        and s["holder"]["role"] == "record-holder"
+                        and s["holder"]["state"] == "connected", 60,
+                        "A took its record back")
     assert rig.d.read_bytes() == d_before, "the returning node wrote D"
-    del a
+    b = rig.b.wait_peer(lambda s: s["holder"]["role"] == "record-holder"
+                        and s["state"] == "connected", 30, "B gave A's record back")
+    assert a["epoch"] == b["holder"]["epoch"] > 1
+    # Both serve: writes through A and through B, each read back through the other.
+    for uri, other, ids, blocks in ((rig.a.uri, rig.b.uri, range(1 << 41, 1 << 42), a_blocks),
+                                    (rig.b.uri, rig.a.uri, range(1 << 42, 1 << 43), b_blocks)):
+        errors: list[str] = []
+        _host(uri, history, blocks, ids, 5, time.monotonic() + 3, errors)
+        assert not errors, errors[:5]
+        _reader(other, history, blocks)
+    result = check(history.ops())
+    assert result.ok, result.summary()
+    assert rig.a.peer()["counters"]["marks_acked"] > 0, "A wrote without its record at B"
     rig.b.stop()
     rig.a.stop()
     assert rig.media_identical()

@@ -406,8 +406,10 @@ class PairSim:
             covered = set(own.intent) | set(own.held)
             where = "its own FRAM (sole owner)"
         else:
-            covered = set(peer.held) & set(own.intent)
-            where = f"{node.config.peer}'s HELD and its own INTENT"
+            # A primary's own FRAM names a region in INTENT, or in the HELD it took over
+            # (or took back) with: its restart resyncs both (PairCore._own_dirty).
+            covered = set(peer.held) & (set(own.intent) | set(own.held))
+            where = f"{node.config.peer}'s HELD and its own FRAM"
             if own.state.sole and peer.state.epoch == own.state.epoch:
                 covered |= set(own.intent) | set(own.held)
         missing = set(regions) - covered

@@ -18,6 +18,7 @@ drain the records: D == M.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -293,6 +294,20 @@ class PairModel(RuleBasedStateMachine):
 
 TestPairModel = PairModel.TestCase
 TestPairModel.settings = MODEL_SETTINGS
+
+
+class FailbackModel(PairModel):
+    """Both nodes hand the primary role back (``hands_back``, active-active's failback)
+    whenever they are primary with nothing recorded and the peer holds for them: roles
+    swap again and again, under the same faults, and every invariant still holds."""
+
+    core_factory = staticmethod(lambda config, loaded, now: PairCore(
+        replace(config, hands_back=True), loaded, now=now))
+
+
+def test_failback_keeps_every_invariant() -> None:
+    run_state_machine_as_test(FailbackModel, settings=settings(
+        MODEL_SETTINGS, max_examples=max(30, EXAMPLES // 3)))
 
 
 # --- the checker must catch a broken core --------------------------------------------------
