@@ -41,6 +41,11 @@ from hal.media.sticky import StickyFailureMedium
 
 log = logging.getLogger("tandem")
 
+# An active-active node's LUN: a command that a dead firmware left in the TCMU ring fails
+# after this long, so a host's multipath moves it to the other node's path. Above any
+# wait a live node makes a write do (a hand-over, a lease renewal: well under a second).
+AA_CMD_TIME_OUT_S = 8
+
 @dataclass
 class Settings:
     board: str = "sim"
@@ -308,9 +313,16 @@ class Appliance:
         if s.tcmu:
             from firmware.frontends.tcmu.service import start_tcmu_frontend
 
+            pair = self.pair if self.pair is not None and self.pair.active_active \
+                else None
             self.tcmu = await start_tcmu_frontend(
                 self.volume, s.tcmu_name, tcm_loop=s.tcm_loop, iscsi_portal=s.iscsi_portal,
-                iscsi_iqn=s.iscsi_iqn)
+                iscsi_iqn=s.iscsi_iqn,
+                # Active-active: one LUN identity, two port groups, no reservations.
+                serial=pair.scsi_serial() if pair else None,
+                ports=pair.port_groups() if pair else None,
+                cmd_time_out_s=AA_CMD_TIME_OUT_S if pair else None,
+                refuse_reservations=pair is not None)
 
     async def _stop_frontends(self) -> None:
         if self.tcmu is not None:

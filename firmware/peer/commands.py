@@ -56,6 +56,7 @@ def _peer(node: PairNode | None, args: list[str]) -> list[str]:
                 if waits else None,
                 "owned_regions": len(node.core.local_copy()),
                 "peer_owned_regions": len(node.holder.core.held_regions())}
+            status["alua"] = node.alua_status()  # the port groups this node's LUN reports
         if rest:
             return [json.dumps(status, separators=(",", ":"), default=str)]
         return _status_lines(status)
@@ -138,6 +139,8 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
             f"{handovers['peer_owned_regions']} · hand-overs {handovers['count']} ({wait})",
             f"peer's record held here: {holder['state']} at epoch {holder['epoch']}, "
             f"{holder['held_regions']} regions",
+            "ALUA: " + " · ".join(f"group {g['group']} ({g['node']}) {g['state']}"
+                                  for g in status.get("alua", ())),
         ]
     for report in status["reports"][-5:]:
         lines.append(f"report {report['kind']}: {report['detail']}")

@@ -54,6 +54,7 @@ from hal.nvram.base import Nvram
 from hal.watchdog import Watchdog
 
 if TYPE_CHECKING:
+    from firmware.frontends.tcmu.alua import PortGroups
     from firmware.mirror.mirror import Mirror
     from firmware.record.record import Record
 
@@ -455,6 +456,52 @@ class PairNode:
                 self._full_pending = False
                 log.info("pair: full resync done")
                 self.runtime.submit(FullResyncDone())
+
+    # -- the SCSI identity of an active-active pair (frontends/tcmu/alua.py) -----------
+
+    def scsi_serial(self) -> str:
+        """One unit serial (and so one NAA name) for the LUN on both nodes: a host's
+        multipath takes the two exports for one disk."""
+        from firmware.frontends.tcmu.service import default_serial
+
+        return default_serial("pair:" + "+".join(sorted((self.config.node,
+                                                         self.config.peer))))
+
+    def _group_ids(self) -> tuple[int, int]:
+        """(this node's target port group, the peer's): 1 for the name that sorts
+        first, 2 for the other, so both nodes number them alike."""
+        first = min(self.config.node, self.config.peer)
+        return (1, 2) if self.config.node == first else (2, 1)
+
+    def port_groups(self) -> PortGroups:
+        """This node's export of the LUN: its own group, and the peer's as this node
+        knows it. A node serves its group active/optimized; the peer's group is
+        unavailable only once this node took over the peer's record (the peer is
+        fenced) — never on a mere silence: a host asking us must not fail a path that
+        still works."""
+        from firmware.frontends.tcmu import alua
+
+        mine, theirs = self._group_ids()
+
+        def states() -> list[alua.PortGroup]:
+            own = alua.ACTIVE_OPTIMIZED if self.core.role == PRIMARY and self.core.serving \
+                else alua.TRANSITIONING
+            holder = self.holder
+            peer = alua.UNAVAILABLE if holder is not None \
+                and holder.core.role == PRIMARY else alua.ACTIVE_OPTIMIZED
+            groups = {mine: alua.PortGroup(mine, mine, own),
+                      theirs: alua.PortGroup(theirs, theirs, peer)}
+            return [groups[1], groups[2]]
+
+        return alua.PortGroups(mine, states)
+
+    def alua_status(self) -> list[dict[str, object]]:
+        from firmware.frontends.tcmu.alua import STATE_NAMES
+
+        mine, _ = self._group_ids()
+        return [{"group": g.group_id, "node": self.config.node if g.group_id == mine
+                 else self.config.peer, "relative_port": g.relative_port,
+                 "state": STATE_NAMES[g.state]} for g in self.port_groups().states()]
 
     # -- what the console shows ------------------------------------------------------
 

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from firmware.frontends.tcmu import scsi
+from firmware.frontends.tcmu import alua, scsi
 from firmware.frontends.tcmu.scsi import DiskIdentity, ScsiDisk
 from firmware.volume.target import TargetError
 from tools.sim.memory_target import MemoryTarget
@@ -117,18 +117,78 @@ def test_unit_serial_number(disk):
     assert data[4:4 + data[3]] == b"T3ST0001"
 
 
-def test_device_identification_has_a_naa_and_a_t10_designator(disk):
+def designators_of(disk: ScsiDisk) -> dict[tuple[int, int], bytes]:
+    """(association, designator type) -> designator, from the device identification page."""
     data = execute(disk, inquiry(True, 0x83)).data
     end, pos, designators = 4 + int.from_bytes(data[2:4], "big"), 4, {}
     while pos < end:
-        kind, length = data[pos + 1] & 0x0F, data[pos + 3]
-        assert data[pos + 1] & 0x30 == 0         # associated with the logical unit
-        designators[kind] = data[pos + 4:pos + 4 + length]
+        association, kind, length = (data[pos + 1] >> 4) & 0x03, data[pos + 1] & 0x0F, \
+            data[pos + 3]
+        designators[association, kind] = data[pos + 4:pos + 4 + length]
         pos += 4 + length
-    assert designators[3][0] >> 4 == 3          # NAA locally assigned
-    assert designators[1] == b"TANDEM  T3ST0001"
+    assert pos == end
+    return designators
+
+
+def test_device_identification_has_a_naa_and_a_t10_designator(disk):
+    designators = designators_of(disk)
+    assert designators[0, 3][0] >> 4 == 3       # the logical unit's NAA, locally assigned
+    assert designators[0, 1] == b"TANDEM  T3ST0001"
     other = ScsiDisk(MemoryTarget(BS * 8), DiskIdentity(serial="OTHER"))
-    assert execute(other, inquiry(True, 0x83)).data != data
+    assert designators_of(other)[0, 3] != designators[0, 3]
+
+
+# -- ALUA (alua.py) ------------------------------------------------------------------------
+
+
+def rtpg(extended: bool = False, allocation: int = 1024) -> bytes:
+    return struct.pack(">BBxxxxIxx", 0xA3, (0x20 if extended else 0) | 0x0A, allocation)
+
+
+def port_groups(data: bytes, extended: bool) -> list[tuple[int, int, list[int]]]:
+    """(group id, state, relative ports) per descriptor of RTPG parameter data."""
+    length = int.from_bytes(data[0:4], "big") + 4
+    assert len(data) == length
+    pos, groups = (8 if extended else 4), []
+    if extended:
+        assert data[4] & 0x70 == 0x10
+    while pos < length:
+        count = data[pos + 7]
+        ports = [int.from_bytes(data[pos + 8 + 4 * i + 2:pos + 8 + 4 * i + 4], "big")
+                 for i in range(count)]
+        groups.append((int.from_bytes(data[pos + 2:pos + 4], "big"), data[pos] & 0x0F, ports))
+        pos += 8 + 4 * count
+    return groups
+
+
+def test_an_appliance_alone_is_one_active_port_group(disk):
+    assert execute(disk, inquiry()).data[5] & 0x30 == 0x10     # TPGS: implicit ALUA
+    designators = designators_of(disk)
+    assert designators[1, 4] == bytes((0, 0, 0, 1))            # relative target port 1
+    assert designators[1, 5] == bytes(4)                       # target port group 0
+    for extended in (False, True):
+        result = execute(disk, rtpg(extended))
+        assert result.status == GOOD
+        assert port_groups(result.data, extended) == [(0, alua.ACTIVE_OPTIMIZED, [1])]
+
+
+def test_a_pair_node_reports_both_groups_with_the_states_it_is_given(target):
+    states = {1: alua.ACTIVE_OPTIMIZED, 2: alua.ACTIVE_OPTIMIZED}
+    ports = alua.PortGroups(2, lambda: [alua.PortGroup(g, g, s) for g, s in states.items()])
+    node = ScsiDisk(target, DiskIdentity(serial="PAIR"), ports=ports)
+    assert designators_of(node)[1, 5] == bytes((0, 0, 0, 2))
+    assert port_groups(execute(node, rtpg()).data, False) == [
+        (1, alua.ACTIVE_OPTIMIZED, [1]), (2, alua.ACTIVE_OPTIMIZED, [2])]
+    states[1] = alua.UNAVAILABLE                               # the peer failed
+    assert port_groups(execute(node, rtpg(True)).data, True)[0] == (1, alua.UNAVAILABLE, [1])
+    short = execute(node, rtpg(allocation=4))
+    assert short.status == GOOD and short.data == (24).to_bytes(4, "big")
+
+
+def test_rtpg_with_an_unknown_data_format_is_an_invalid_field(disk):
+    cdb = bytearray(rtpg())
+    cdb[1] |= 0x40
+    assert sense_of(execute(disk, bytes(cdb))) == INVALID_FIELD_IN_CDB
 
 
 def test_block_limits_page(disk):

@@ -57,6 +57,14 @@ class LioSettings:
     iscsi_iqn: str | None = None
     iscsi_initiators: tuple[str, ...] = ()     # empty: demo mode, any initiator may log in
     chap: Chap | None = None
+    # A pair's export (active-active): commands a dead handler left in the ring fail
+    # after this many seconds (LIO's cmd_time_out), so a host's multipath moves them to
+    # the other path; None: the kernel's default.
+    cmd_time_out_s: int | None = None
+    # Persistent reservations refused (LIO's emulate_pr=0: PR IN/OUT and RESERVE/RELEASE
+    # end in ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE): an active-active pair
+    # does not replicate reservation state between its nodes, so it offers none.
+    refuse_reservations: bool = False
 
     @property
     def config(self) -> str:
@@ -137,6 +145,17 @@ class LioExport:
                 hw_max_sectors=s.hw_max_sectors, control=control)
         except rts.RTSLibError as exc:
             raise LioError(f"cannot create user/{s.name}: {exc}") from exc
+        # Both only while the storage object has no LUN (the kernel refuses them later).
+        attributes = {}
+        if s.cmd_time_out_s is not None:
+            attributes["cmd_time_out"] = str(s.cmd_time_out_s)
+        if s.refuse_reservations:
+            attributes["emulate_pr"] = "0"
+        for name, value in attributes.items():
+            try:
+                self.storage_object.set_attribute(name, value)
+            except rts.RTSLibError as exc:
+                raise LioError(f"user/{s.name}: {name}={value}: {exc}") from exc
         self.adopted = False
         return False
 

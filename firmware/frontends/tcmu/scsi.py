@@ -18,6 +18,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from firmware.frontends.tcmu import sense as sk
+from firmware.frontends.tcmu.alua import (
+    TPGS_IMPLICIT,
+    PortGroups,
+    port_designators,
+    report_target_port_groups,
+)
 from firmware.frontends.tcmu.sense import CheckCondition, Sense, invalid_field
 from firmware.volume.target import BlockTarget, TargetError
 
@@ -50,6 +56,7 @@ VERIFY_12 = 0xAF
 
 SA_READ_CAPACITY_16 = 0x10
 SA_REPORT_SUPPORTED_OPERATION_CODES = 0x0C
+SA_REPORT_TARGET_PORT_GROUPS = 0x0A
 
 # Mode pages.
 PAGE_CACHING = 0x08
@@ -154,6 +161,9 @@ _OPCODES: tuple[_Opcode, ...] = (
             _usage(0x9E, 0x10, *(0xFF,) * 8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
             service_action=SA_READ_CAPACITY_16),
     _Opcode(MAINTENANCE_IN,
+            _usage(0xA3, 0xEA, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
+            service_action=SA_REPORT_TARGET_PORT_GROUPS),
+    _Opcode(MAINTENANCE_IN,
             _usage(0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07),
             service_action=SA_REPORT_SUPPORTED_OPERATION_CODES),
     _Opcode(READ_12, _usage(0xA8, 0xF8, *(0xFF,) * 8, 0x1F, 0x07)),
@@ -161,6 +171,7 @@ _OPCODES: tuple[_Opcode, ...] = (
     _Opcode(VERIFY_12, _usage(0xAF, 0xF6, *(0xFF,) * 8, 0x1F, 0x07), data_out=True),
 )
 _BY_OPCODE = {row.opcode: row for row in _OPCODES}
+_BY_ACTION = {(row.opcode, row.service_action): row for row in _OPCODES}
 _SERVICE_ACTION_OPCODES = {row.opcode for row in _OPCODES if row.service_action is not None}
 _DATA_OUT_OPCODES = frozenset(row.opcode for row in _OPCODES if row.data_out)
 
@@ -208,6 +219,8 @@ class ScsiDisk:
 
     target: BlockTarget
     identity: DiskIdentity
+    # The target port groups (alua.py): one, always active, unless a pair says more.
+    ports: PortGroups = field(default_factory=PortGroups.alone)
     _handlers: dict[int, Handler] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -455,6 +468,7 @@ class ScsiDisk:
         data[2] = 0x06                      # SPC-4
         data[3] = 0x12                      # HISUP, response data format 2
         data[4] = len(data) - 5
+        data[5] = TPGS_IMPLICIT             # ALUA, implicit transitions only
         data[7] = 0x02                      # CMDQUE
         data[8:16] = _ascii(ident.vendor, 8)
         data[16:32] = _ascii(ident.product, 16)
@@ -492,6 +506,8 @@ class ScsiDisk:
             bytes((0x01, 0x03, 0x00, len(naa))) + naa
             # code set ASCII, association: logical unit, designator type T10 vendor ID
             + bytes((0x02, 0x01, 0x00, len(t10))) + t10
+            # the port this command came in through: a host's multipath groups by it
+            + port_designators(self.ports.local_group())
         )
         return self._vpd(VPD_DEVICE_IDENTIFICATION, body)
 
@@ -594,11 +610,24 @@ class ScsiDisk:
             struct.pack_into(">H", data, 0, len(data) - 2)
         return ScsiResult(sk.GOOD, bytes(data[:allocation]))
 
+    # -- REPORT TARGET PORT GROUPS (alua.py) ---------------------------------------------
+
+    def _report_target_port_groups(self, cdb: bytes) -> ScsiResult:
+        data_format = cdb[1] >> 5
+        if data_format not in (0, 1):       # length-only or extended header
+            raise invalid_field(1, 7)
+        allocation = _be(cdb, 6, 4)
+        data = report_target_port_groups(self.ports.states(), extended=data_format == 1)
+        return ScsiResult(sk.GOOD, data[:allocation])
+
     # -- REPORT SUPPORTED OPERATION CODES ----------------------------------------------
 
     async def _maintenance_in(self, cdb: bytes, data_out: bytes,
                               buffer_length: int) -> ScsiResult:
-        if cdb[1] & 0x1F != SA_REPORT_SUPPORTED_OPERATION_CODES:
+        action = cdb[1] & 0x1F
+        if action == SA_REPORT_TARGET_PORT_GROUPS:
+            return self._report_target_port_groups(cdb)
+        if action != SA_REPORT_SUPPORTED_OPERATION_CODES:
             raise invalid_field(1, 4)
         timeouts = bool(cdb[2] & 0x80)      # RCTD
         options = cdb[2] & 0x07
@@ -623,8 +652,8 @@ class ScsiDisk:
             raise invalid_field(3)
         if options == 2 and not has_sa:
             raise invalid_field(3)
-        entry = _BY_OPCODE.get(requested)
-        supported = entry is not None and (not has_sa or entry.service_action == requested_sa)
+        entry = _BY_ACTION.get((requested, requested_sa if has_sa else None))
+        supported = entry is not None
         if not supported:
             data = bytes((0, 0x01, 0, 0))   # SUPPORT 001b: not supported
             return ScsiResult(sk.GOOD, data[:allocation])

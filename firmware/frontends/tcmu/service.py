@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from firmware.frontends.tcmu.alua import PortGroups
 from firmware.frontends.tcmu.handler import TcmuHandler
 from firmware.frontends.tcmu.lio import Chap, LioExport, LioSettings
 from firmware.frontends.tcmu.scsi import DiskIdentity, ScsiDisk
@@ -63,15 +64,19 @@ async def start_tcmu_frontend(target: BlockTarget, name: str, *, tcm_loop: bool,
                               iscsi_initiators: tuple[str, ...] = (),
                               chap: Chap | None = None, serial: str | None = None,
                               volume: str | None = None, max_transfer_blocks: int = 65536,
-                              max_data_area_mb: int = 64) -> TcmuFrontend:
-    """Export ``target`` through LIO as storage object user/``name``; serve it over TCMU."""
+                              max_data_area_mb: int = 64, ports: PortGroups | None = None,
+                              cmd_time_out_s: int | None = None,
+                              refuse_reservations: bool = False) -> TcmuFrontend:
+    """Export ``target`` through LIO as storage object user/``name``; serve it over TCMU.
+    ``ports``: the LUN's target port groups as this export shows them (a pair's node)."""
     serial = serial or default_serial(name)
     settings = LioSettings(
         name=name, volume=volume or name, size=target.size, serial=serial,
         block_size=target.logical_block_size, hw_max_sectors=max_transfer_blocks,
         max_data_area_mb=max_data_area_mb, tcm_loop=tcm_loop,
         iscsi_portal=parse_host_port(iscsi_portal) if iscsi_portal else None,
-        iscsi_iqn=iscsi_iqn, iscsi_initiators=tuple(iscsi_initiators), chap=chap)
+        iscsi_iqn=iscsi_iqn, iscsi_initiators=tuple(iscsi_initiators), chap=chap,
+        cmd_time_out_s=cmd_time_out_s, refuse_reservations=refuse_reservations)
     export = await asyncio.to_thread(LioExport, settings)
     adopted = await asyncio.to_thread(export.ensure_storage_object)
     uio = await wait_for_uio(name, settings.config)
@@ -81,7 +86,8 @@ async def start_tcmu_frontend(target: BlockTarget, name: str, *, tcm_loop: bool,
         # BUSY (they resend it); we start from an empty ring.
         await asyncio.to_thread(export.restart_ring)
         disk = ScsiDisk(target, DiskIdentity(serial=serial,
-                                             max_transfer_blocks=max_transfer_blocks))
+                                             max_transfer_blocks=max_transfer_blocks),
+                        ports=ports or PortGroups.alone())
         handler = TcmuHandler(device, disk)
         handler.start()
     except BaseException:
