@@ -20,7 +20,7 @@ from scsi_passthrough import scsi_command
 REQUIRED_FAMILIES = (
     "SCSI.TestUnitReady", "SCSI.Inquiry", "SCSI.ReadCapacity10", "SCSI.ReadCapacity16",
     "SCSI.Read10", "SCSI.Read16", "SCSI.Write10", "SCSI.Write16", "SCSI.Unmap",
-    "SCSI.WriteSame10", "SCSI.WriteSame16",
+    "SCSI.WriteSame10", "SCSI.WriteSame16", "SCSI.CompareAndWrite",
 )
 # Everything else under SCSI.* is run only on request (TANDEM_HIL_ISCSI_ALL=1), to keep
 # the CI stage short; docs/iscsi-test-cu.md records a full run.

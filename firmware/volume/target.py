@@ -62,6 +62,14 @@ class BlockTarget(Protocol):
         """Discard a range; it reads back as zeroes afterwards."""
         ...
 
+    async def compare_and_write(self, offset: int, expected: bytes, data: bytes,
+                                fua: bool = False) -> int | None:
+        """Write ``data`` at ``offset`` only if the range holds ``expected`` (as long as
+        ``data``), as one step no other write to the range can come between. None: it
+        matched and ``data`` is on the local medium (durably if ``fua``); else the offset,
+        from ``offset``, of the first byte that differs, and nothing was written."""
+        ...
+
     async def flush(self) -> None:
         """Return once every write completed before the call is durable."""
         ...
@@ -94,3 +102,22 @@ class TargetShape:
         if self._read_only:
             raise TargetError(errno.EPERM, "volume is read-only")
         self.check_range(offset, length)
+
+    def check_compare_and_write(self, offset: int, expected: bytes, data: bytes) -> None:
+        if len(expected) != len(data):
+            # A frontend's mistake, not the host's: the SCSI command splits one buffer.
+            raise ValueError(f"compare and write: {len(expected)} bytes to compare, "
+                             f"{len(data)} to write")
+        self.check_writable(offset, len(data))
+
+
+def first_mismatch(stored: bytes, expected: bytes) -> int | None:
+    """Offset of the first byte where two equally long buffers differ (None: equal)."""
+    if stored == expected:
+        return None
+    if len(stored) != len(expected):
+        raise ValueError(f"comparing {len(stored)} bytes with {len(expected)}")
+    # The XOR of the two as big-endian numbers is zero down to the first differing
+    # byte: its bit length says where that byte is, without a Python loop per byte.
+    diff = int.from_bytes(stored, "big") ^ int.from_bytes(expected, "big")
+    return len(stored) - (diff.bit_length() + 7) // 8

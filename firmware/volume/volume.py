@@ -15,14 +15,26 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar
 
 from firmware.mirror.mirror import Mirror
 from firmware.record.record import Record, RecordFull, WriteTicket
-from firmware.volume.target import TargetError, TargetShape
+from firmware.volume.target import TargetError, TargetShape, first_mismatch
 from hal.media.base import Medium, blocks_the_caller
 from hal.nvram.base import NvramError
 
 log = logging.getLogger("tandem.volume")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Compared:
+    """What a compare and write did on the local medium."""
+
+    mismatch: int | None  # offset of the first differing byte; None: matched, written
+    on_medium: bytes  # what the range holds now: the new data, or what was compared
 
 
 class Volume(TargetShape):
@@ -46,6 +58,9 @@ class Volume(TargetShape):
         self.mirror = mirror
         self._clock = clock
         self._room = asyncio.Event()
+        # This node's COMPARE AND WRITEs one at a time, as LIO's caw_sem (see
+        # _compare_under_ticket).
+        self._compare_and_write_turn = asyncio.Lock()
         self.nvram_error: str | None = None
         self.local_errors = 0
 
@@ -80,7 +95,7 @@ class Volume(TargetShape):
         else:
             await asyncio.shield(self._through_worker(
                 ticket, functools.partial(self.local.pwrite, offset, data),
-                functools.partial(self.mirror.submit_write, ticket.seq, offset, data)))
+                lambda _: self.mirror.submit_write(ticket.seq, offset, data)))
         if fua:
             await self.flush()
 
@@ -98,10 +113,41 @@ class Volume(TargetShape):
         else:
             await asyncio.shield(self._through_worker(
                 ticket, functools.partial(self.local.write_zeroes, offset, length, may_trim),
-                functools.partial(self.mirror.submit_zeroes, ticket.seq, offset, length,
-                                  punch=may_trim)))
+                lambda _: self.mirror.submit_zeroes(ticket.seq, offset, length,
+                                                    punch=may_trim)))
         if fua:
             await self.flush()
+
+    async def compare_and_write(self, offset: int, expected: bytes, data: bytes,
+                                fua: bool = False) -> int | None:
+        """Write ``data`` if the range holds ``expected``, atomically, also across a pair.
+
+        The ticket comes first, before the read: its durability is the record's
+        write-ahead and, in an active-active pair, this node's ownership of the regions
+        (the peer's MARK for them waits until the ticket ends). So from the read to the
+        write no write of the peer's can land in between; a read before the ticket
+        could compare against data the peer then overwrites.
+
+        On a mismatch nothing is written, yet the ticket has marked the regions with its
+        sequence number, and a ticket that ends with no mirror write behind it leaves
+        them dirty: the ordered mirror counts that number as mirrored only when a later
+        write's run goes (on a quiet volume not at all: the region stays in the record
+        and ``Mirror.drained`` waits for ever). So the bytes compared, which are what the
+        local medium holds there, go to the mirror as this ticket's write. The second
+        medium gets what the local one has (bytes it holds already, or will once the
+        writes before are applied, in order), the region leaves the record as after any
+        write, and the mirror stays in ordered mode -- unlike a copy by region
+        (``force_region_copy``), which every lost lock race of a host would then force.
+        """
+        self.check_compare_and_write(offset, expected, data)
+        ticket = await self._begin(offset, len(data))
+        # From here the ticket must end with its mirror write whatever becomes of the
+        # request that asked (as a write once handed to the worker): shielded.
+        compared = await asyncio.shield(
+            self._compare_under_ticket(ticket, offset, expected, data))
+        if compared.mismatch is None and fua:
+            await self.flush()
+        return compared.mismatch
 
     async def trim(self, offset: int, length: int) -> None:
         # A trimmed range reads back as zeroes on both media, so they stay identical.
@@ -123,9 +169,43 @@ class Volume(TargetShape):
 
     # -- internals ------------------------------------------------------------------
 
-    async def _through_worker(self, ticket: WriteTicket, write: Callable[[], None],
-                              submit: Callable[[], None]) -> None:
-        """A local write on the I/O worker, then its hand-off to the mirror.
+    async def _compare_under_ticket(self, ticket: WriteTicket, offset: int, expected: bytes,
+                                    data: bytes) -> _Compared:
+        """Read, compare and (on a match) write under ``ticket``, then hand the range's
+        bytes to the mirror and end the ticket."""
+        compare = functools.partial(self._compare_then_write, offset, expected, data)
+        # The read, the compare and the write are one step no other write of this node
+        # comes between: inline, with no await in it, or one job on the I/O worker, which
+        # runs its jobs one at a time and in order. The lock keeps COMPARE AND WRITEs
+        # apart also wherever that step would have to wait, as LIO's caw_sem does. It is
+        # taken after the ticket: waiting for ownership (a MARK, the peer's hand-over)
+        # holds up no other COMPARE AND WRITE, and the holder waits only for the medium.
+        async with self._compare_and_write_turn:
+            if not self._inline_io:
+                return await self._through_worker(
+                    ticket, compare,
+                    lambda done: self.mirror.submit_write(ticket.seq, offset, done.on_medium))
+            try:
+                compared = compare()
+            except OSError as exc:
+                self._local_write_failed(ticket, exc)
+            self.mirror.submit_write(ticket.seq, offset, compared.on_medium)
+            self._end(ticket)
+            return compared
+
+    def _compare_then_write(self, offset: int, expected: bytes, data: bytes) -> _Compared:
+        """(loop or I/O worker) The local medium's half of a compare and write."""
+        stored = self.local.pread(offset, len(expected))
+        mismatch = first_mismatch(stored, expected)
+        if mismatch is not None:
+            return _Compared(mismatch, stored)
+        self.local.pwrite(offset, data)
+        return _Compared(None, data)
+
+    async def _through_worker(self, ticket: WriteTicket, write: Callable[[], T],
+                              submit: Callable[[T], None]) -> T:
+        """A local write on the I/O worker, then its hand-off to the mirror (``submit``
+        gets what ``write`` returned).
 
         The mirror must get overlapping writes in the order the local medium applied
         them, or the two media would keep different winners of a race: each write waits
@@ -139,15 +219,16 @@ class Volume(TargetShape):
         try:
             error: OSError | None = None
             try:
-                await loop.run_in_executor(self._io_executor, write)
+                done = await loop.run_in_executor(self._io_executor, write)
             except OSError as exc:
                 error = exc
             if before is not None:
                 await before
             if error is not None:
                 self._local_write_failed(ticket, error)
-            submit()
+            submit(done)
             self._end(ticket)
+            return done
         finally:
             mine.set_result(None)
 
@@ -178,9 +259,11 @@ class Volume(TargetShape):
         log.error("NVRAM update failed, write refused: %s", exc)
         return TargetError(errno.EIO, f"NVRAM: {exc}")
 
-    def _local_write_failed(self, ticket: WriteTicket, exc: OSError) -> None:
+    def _local_write_failed(self, ticket: WriteTicket, exc: OSError) -> NoReturn:
         # The range may hold part of the write: keep its regions in the record and let
-        # the mirror copy them by region (it reads the local medium then).
+        # the mirror copy them by region (it reads the local medium then). The read of a
+        # compare and write that fails ends here too: its ticket then has no mirror write
+        # behind it, and the copy by region is what cleans such a region.
         self.local_errors += 1
         log.error("local medium write failed: %s", exc)
         self.record.end_write(ticket)

@@ -152,3 +152,30 @@ def test_a_broken_ring_stops_the_handler_instead_of_guessing():
         await handler.close()
         device.close()
     asyncio.run(main())
+
+
+def compare_and_write(lba: int, blocks: int) -> bytes:
+    return struct.pack(">BBQ3xBBB", 0x89, 0, lba, blocks, 0, 0)
+
+
+def test_compare_and_write_gets_its_whole_data_out_through_the_ring():
+    # The kernel passes COMPARE AND WRITE through with the initiator's whole buffer,
+    # verify data then write data, here over several iovecs.
+    async def scenario(kernel, device, target):
+        old, new = os.urandom(9 * BS), os.urandom(9 * BS)
+        await target.write(40 * BS, old)
+        kernel.queue(compare_and_write(40, 9), data_out=old + new)
+        device.signal()
+        (matched,) = await wait_for(device, 1)
+        assert matched.status == 0
+        assert await target.read(40 * BS, 9 * BS) == new
+        stale = bytearray(new)
+        stale[5 * BS + 3] ^= 0xFF
+        kernel.queue(compare_and_write(40, 9), data_out=bytes(stale) + old)
+        device.signal()
+        missed = (await wait_for(device, 2))[1]
+        assert missed.status == 2
+        assert (missed.sense[2], missed.sense[12], missed.sense[13]) == (0xE, 0x1D, 0x00)
+        assert int.from_bytes(missed.sense[3:7], "big") == 5 * BS + 3
+        assert await target.read(40 * BS, 9 * BS) == new
+    serve(KernelRing(data_blocks=64, scatter_blocks=True), scenario)

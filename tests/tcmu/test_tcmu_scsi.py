@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import random
 import struct
 
 import pytest
 
 from firmware.frontends.tcmu import alua, scsi
 from firmware.frontends.tcmu.scsi import DiskIdentity, ScsiDisk
-from firmware.volume.target import TargetError
+from firmware.volume.target import TargetError, first_mismatch
 from tools.sim.memory_target import MemoryTarget
 
 BLOCKS = 2048
@@ -599,3 +600,152 @@ def test_which_commands_carry_data_out():
     assert scsi.wants_data_out(bytes((0x42,)) + bytes(9))
     assert not scsi.wants_data_out(cdb10(0x28, 0, 1))
     assert not scsi.wants_data_out(inquiry())
+
+
+# -- COMPARE AND WRITE -------------------------------------------------------------------
+
+
+def caw(lba: int, blocks: int, flags: int = 0) -> bytes:
+    """COMPARE AND WRITE: LBA in bytes 2-9, NUMBER OF LOGICAL BLOCKS in byte 13."""
+    return struct.pack(">BBQ3xBBB", 0x89, flags, lba, blocks, 0, 0)
+
+
+MISCOMPARE = (0xE, 0x1D, 0x00)
+
+
+def test_first_mismatch_finds_the_first_differing_byte():
+    rnd = random.Random(5)
+    for _ in range(300):
+        length = rnd.randrange(1, 2048)
+        stored = bytes(rnd.choice((0, 0, 0xFF, rnd.randrange(256))) for _ in range(length))
+        sent = bytearray(stored)
+        for _ in range(rnd.randrange(0, 4)):
+            sent[rnd.randrange(length)] ^= 1 << rnd.randrange(8)
+        expected = next((i for i in range(length) if stored[i] != sent[i]), None)
+        assert first_mismatch(stored, bytes(sent)) == expected
+    with pytest.raises(ValueError):
+        first_mismatch(b"ab", b"a")
+
+
+def test_compare_and_write_that_matches_writes(disk, target):
+    run(target.write(10 * BS, b"a" * 2 * BS))
+    result = execute(disk, caw(10, 2), b"a" * 2 * BS + b"b" * 2 * BS)
+    assert result.status == GOOD
+    assert execute(disk, cdb16(0x88, 10, 2)).data == b"b" * 2 * BS
+    assert run(target.read(9 * BS, BS)) == bytes(BS)          # neighbours untouched
+    assert run(target.read(12 * BS, BS)) == bytes(BS)
+
+
+def test_compare_and_write_that_miscompares_writes_nothing_and_says_where(disk, target):
+    run(target.write(10 * BS, b"a" * 2 * BS))
+    verify = b"a" * (BS + 37) + b"x" + b"a" * (BS - 38)
+    result = execute(disk, caw(10, 2), verify + b"b" * 2 * BS)
+    assert sense_of(result) == MISCOMPARE
+    assert result.sense[0] & 0x80                               # VALID: INFORMATION holds
+    assert int.from_bytes(result.sense[3:7], "big") == BS + 37  # bytes into the verify data
+    assert run(target.read(10 * BS, 2 * BS)) == b"a" * 2 * BS
+
+
+def test_compare_and_write_first_byte_and_last_byte_miscompares(disk, target):
+    run(target.write(0, b"a" * BS))
+    first = execute(disk, caw(0, 1), b"z" + b"a" * (BS - 1) + b"b" * BS)
+    assert int.from_bytes(first.sense[3:7], "big") == 0
+    last = execute(disk, caw(0, 1), b"a" * (BS - 1) + b"z" + b"b" * BS)
+    assert int.from_bytes(last.sense[3:7], "big") == BS - 1
+    assert run(target.read(0, BS)) == b"a" * BS
+
+
+def test_compare_and_write_of_zero_blocks_does_nothing(disk, target):
+    assert execute(disk, caw(5, 0)).status == GOOD
+    assert execute(disk, caw(BLOCKS, 0)).status == GOOD        # at the end: still fine
+    assert run(target.read(0, 8 * BS)) == bytes(8 * BS)
+
+
+def test_compare_and_write_data_out_must_be_twice_the_blocks(disk, target):
+    run(target.write(0, b"a" * 4 * BS))
+    for blocks, sent in ((1, 4), (3, 4), (2, 3), (0, 2)):
+        # (0, 2): libiscsi's 256 blocks, the byte wrapped to 0, with data for them
+        result = execute(disk, caw(0, blocks), b"a" * blocks * BS + b"b" * (sent - blocks) * BS)
+        assert sense_of(result) == INVALID_FIELD_IN_CDB, (blocks, sent)
+        assert int.from_bytes(result.sense[16:18], "big") == 13
+    assert run(target.read(0, 4 * BS)) == b"a" * 4 * BS
+
+
+def test_compare_and_write_longer_than_advertised_is_invalid(target):
+    small = ScsiDisk(target, DiskIdentity(serial="CAW", max_compare_and_write_blocks=4))
+    assert inquiry_block_limits(small)[5] == 4
+    result = execute(small, caw(0, 5), bytes(10 * BS))
+    assert sense_of(result) == INVALID_FIELD_IN_CDB
+    assert int.from_bytes(result.sense[16:18], "big") == 13
+    assert execute(small, caw(0, 4), bytes(4 * BS) + b"c" * 4 * BS).status == GOOD
+    # The largest transfer bounds it too.
+    short = ScsiDisk(target, DiskIdentity(serial="CAW", max_transfer_blocks=8))
+    assert inquiry_block_limits(short)[5] == 8
+    assert sense_of(execute(short, caw(0, 9), bytes(18 * BS))) == INVALID_FIELD_IN_CDB
+
+
+def test_compare_and_write_beyond_the_end_is_out_of_range(disk, target):
+    run(target.write((BLOCKS - 1) * BS, b"a" * BS))
+    result = execute(disk, caw(BLOCKS - 1, 2), b"a" * BS + bytes(BS) + b"b" * 2 * BS)
+    assert sense_of(result) == LBA_OUT_OF_RANGE
+    assert sense_of(execute(disk, caw(2**64 - 1, 1), bytes(2 * BS))) == LBA_OUT_OF_RANGE
+    assert execute(disk, caw(BLOCKS - 1, 1), b"a" * BS + b"b" * BS).status == GOOD
+    assert run(target.read((BLOCKS - 1) * BS, BS)) == b"b" * BS
+
+
+def test_compare_and_write_on_a_read_only_volume_is_write_protected():
+    ro_target = MemoryTarget(BLOCKS * BS, read_only=True)
+    ro = ScsiDisk(ro_target, DiskIdentity(serial="RO"))
+    assert sense_of(execute(ro, caw(0, 1), bytes(BS) + b"b" * BS)) == WRITE_PROTECTED
+    assert run(ro_target.read(0, BS)) == bytes(BS)
+
+
+@pytest.mark.parametrize("protect", range(1, 8))
+def test_compare_and_write_protection_field_is_refused(disk, target, protect):
+    result = execute(disk, caw(0, 1, flags=protect << 5), bytes(BS) + b"b" * BS)
+    assert sense_of(result) == INVALID_FIELD_IN_CDB
+    assert run(target.read(0, BS)) == bytes(BS)
+
+
+def test_compare_and_write_fua_reaches_the_volume_and_dpo_is_accepted(disk, target):
+    assert execute(disk, caw(0, 1, flags=0x18), bytes(BS) + b"f" * BS).status == GOOD
+    assert target.fua_writes == 1
+    assert execute(disk, caw(0, 1, flags=0x10), b"f" * BS + b"g" * BS).status == GOOD
+    assert target.fua_writes == 1
+    assert run(target.read(0, BS)) == b"g" * BS
+
+
+def test_two_compare_and_writes_with_one_expected_value_let_one_win(disk, target):
+    # Two hosts taking an ATS lock: both expect it free; the second finds it taken.
+    free, mine, theirs = bytes(BS), b"1" * BS, b"2" * BS
+
+    async def both() -> list:
+        return await asyncio.gather(disk.execute(caw(7, 1), free + mine, 2 * BS),
+                                    disk.execute(caw(7, 1), free + theirs, 2 * BS))
+
+    first, second = run(both())
+    assert first.status == GOOD
+    assert sense_of(second) == MISCOMPARE
+    assert int.from_bytes(second.sense[3:7], "big") == 0
+    assert run(target.read(7 * BS, BS)) == mine
+
+
+def inquiry_block_limits(disk: ScsiDisk) -> bytes:
+    return execute(disk, inquiry(True, 0xB0)).data
+
+
+def test_block_limits_page_gives_the_compare_and_write_length(disk):
+    assert inquiry_block_limits(disk)[5] == 255     # MAXIMUM COMPARE AND WRITE LENGTH
+
+
+def test_report_supported_operation_codes_lists_compare_and_write(disk):
+    data = execute(disk, rsoc(0)).data
+    listed = {data[pos] for pos in range(4, len(data), 8)}
+    assert 0x89 in listed
+    one = execute(disk, rsoc(1, 0x89)).data
+    assert one[1] & 0x07 == 3                       # supported, as the standard says
+    usage = one[4:4 + int.from_bytes(one[2:4], "big")]
+    assert len(usage) == 16 and usage[0] == 0x89
+    assert usage[1] & 0x18 == 0x18                  # DPO and FUA usable (as DPOFUA says)
+    assert usage[13] == 0xFF                        # NUMBER OF LOGICAL BLOCKS
+    assert scsi.wants_data_out(caw(0, 1))

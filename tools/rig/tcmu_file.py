@@ -20,7 +20,7 @@ from pathlib import Path
 from firmware.frontends.tcmu.lio import Chap
 from firmware.frontends.tcmu.service import notify_ready, start_tcmu_frontend
 from firmware.parsing import parse_size
-from firmware.volume.target import TargetError, TargetShape
+from firmware.volume.target import TargetError, TargetShape, first_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,22 @@ class FileTarget(TargetShape):
 
     async def trim(self, offset: int, length: int) -> None:
         await self.write_zeroes(offset, length)
+
+    async def compare_and_write(self, offset: int, expected: bytes, data: bytes,
+                                fua: bool = False) -> int | None:
+        self.check_compare_and_write(offset, expected, data)
+        # Blocking calls on the loop, with no await from the read to the write: no other
+        # command of this process reaches the file in between.
+        try:
+            stored = os.pread(self._fd, len(expected), offset).ljust(len(expected), b"\0")
+            mismatch = first_mismatch(stored, expected)
+            if mismatch is None:
+                os.pwrite(self._fd, data, offset)
+                if fua:
+                    os.fdatasync(self._fd)
+        except OSError as exc:
+            raise TargetError(exc.errno or 5, str(exc)) from exc
+        return mismatch
 
     async def flush(self) -> None:
         os.fdatasync(self._fd)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from firmware.volume.target import TargetShape
+from firmware.volume.target import TargetShape, first_mismatch
 
 
 class MemoryTarget(TargetShape):
@@ -30,6 +30,16 @@ class MemoryTarget(TargetShape):
 
     async def trim(self, offset: int, length: int) -> None:
         await self.write_zeroes(offset, length)
+
+    async def compare_and_write(self, offset: int, expected: bytes, data: bytes,
+                                fua: bool = False) -> int | None:
+        self.check_compare_and_write(offset, expected, data)
+        # No await from the compare to the write: nothing else runs in between.
+        mismatch = first_mismatch(bytes(self._data[offset:offset + len(expected)]), expected)
+        if mismatch is None:
+            self._data[offset:offset + len(data)] = data
+            self.fua_writes += fua
+        return mismatch
 
     async def flush(self) -> None:
         self.flushes += 1
