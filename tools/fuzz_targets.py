@@ -441,7 +441,7 @@ def _peer_seeds() -> list[bytes]:
     from firmware.peer import frames as f
     from firmware.peer.framing import encode_serial, encode_tcp
 
-    hello = ("primary", False, "", (0, ""), 16, 0, 0, (1, 1), ("mark-runs",), False)
+    hello = ("primary", False, "", (0, ""), 16, 0, 0, (1, 1), ("mark-runs",), False, True)
     messages: list[f.Message] = [
         f.Hello(*hello), f.HelloAck(1, *hello), f.Heartbeat(3000, 0, True),
         f.HeartbeatAck(1, 3000, 2), f.Mark(1, 1 << 33, ((0, 3, 0), (9, 1, 1))), f.MarkAck(1),
